@@ -1,0 +1,159 @@
+"""`ddsweep` command line: validate | plan | run | status | report | list."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+
+from orchestrator.spec import SpecError, SweepSpec, load_spec
+
+EXIT_SPEC = 2
+
+
+def _load(args) -> SweepSpec:
+    return load_spec(args.sweep, storage_override=getattr(args, "storage", None))
+
+
+def cmd_validate(args) -> int:
+    spec = _load(args)
+    from orchestrator.grid import expand
+
+    print(f"{args.sweep}: ok ({len(expand(spec))} trials)")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from workers.budget import plan as budget_plan
+    from workers.registry import describe_dataset
+
+    from orchestrator.driver import make_plan
+
+    spec = _load(args)
+    p = make_plan(spec)
+    print(f"sweep {spec.name}: {len(p.trials)} trials = {len(spec.selectors)} selectors x {len(spec.regimes)} "
+          f"regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
+          + (f" minus {len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds) - len(p.trials)} "
+             f"excluded" if spec.exclude else ""))
+    print(f"  done {len(p.done)}, pending {len(p.pending)}")
+    kinds = Counter(k.kind for k in p.stages)
+    missing = Counter(k.kind for k in p.stages_missing)
+    for kind, n in kinds.items():
+        print(f"  stage {kind}: {n} needed by pending trials, {missing.get(kind, 0)} to build")
+    info = describe_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
+    n_full, n_cls = info["num_train"], len(info["class_names"])
+    print(f"  budget {spec.budget.unit}={spec.budget.value:g} (train split N={n_full}, batch {spec.train.batch_size}):")
+    for ipc in spec.ipcs:
+        bp = budget_plan(spec.budget, ipc * n_cls, n_full, spec.train.batch_size)
+        print(f"    ipc {ipc:>4}: {bp.images_seen} images, {bp.steps} steps, {bp.subset_epochs:.1f} subset epochs, "
+              f"{bp.full_epochs:.2f} full epochs")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from orchestrator.driver import run
+
+    spec = _load(args)
+    return run(spec, address=args.address, checkpoint_interval_s=args.checkpoint_interval)
+
+
+def cmd_status(args) -> int:
+    from orchestrator import results
+    from orchestrator.grid import expand
+
+    spec = _load(args)
+    trials = expand(spec)
+    done = results.done_ids(spec.storage, spec.name)
+    fails = results.failures(spec.storage, spec.name)
+    ckpt = results.sweep_dir(spec.storage, spec.name) / "checkpoints"
+
+    def state(t) -> str:
+        if t.trial_id in done:
+            return "done"
+        if t.trial_id in fails:
+            return "failed"
+        if (ckpt / t.trial_id).exists():
+            return "started"
+        return "pending"
+
+    states = {t.trial_id: state(t) for t in trials}
+    total = Counter(states.values())
+    order = ("done", "started", "failed", "pending")
+    print(f"sweep {spec.name} ({spec.storage}): {len(trials)} trials: "
+          + ", ".join(f"{total.get(s, 0)} {s}" for s in order))
+    for axis, key in (("selector", lambda t: t.selector.label()), ("regime", lambda t: t.regime),
+                      ("ipc", lambda t: t.ipc), ("seed", lambda t: t.seed)):
+        print(f"  by {axis}:")
+        values = list(dict.fromkeys(key(t) for t in trials))
+        for v in values:
+            c = Counter(states[t.trial_id] for t in trials if key(t) == v)
+            print(f"    {str(v):<28} " + "  ".join(f"{s} {c.get(s, 0)}" for s in order))
+    for t in trials:
+        if states[t.trial_id] == "failed":
+            f = fails[t.trial_id]
+            print(f"  failed {t.trial_name} (attempt {f['attempt']}): {f['error']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from orchestrator.report import accuracy_table, current_rows, format_table, write_report
+
+    spec = _load(args)
+    out = write_report(spec)
+    print(format_table(accuracy_table(current_rows(spec))))
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from workers.registry import ARCHS, DATASETS, REGIMES, SELECTORS
+
+    kinds = {"selectors": SELECTORS, "regimes": REGIMES, "datasets": DATASETS, "archs": ARCHS}
+    chosen = [args.kind] if args.kind else list(kinds)
+    for k in chosen:
+        if len(chosen) > 1:
+            print(f"{k}:")
+        for e in kinds[k].entries():
+            opts = ", ".join(f"{n}={o.default!r}" for n, o in e.options.items())
+            print(f"{'  ' if len(chosen) > 1 else ''}{e.name:<16} {e.description}" + (f"  [{opts}]" if opts else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddsweep", description="Distributed sweeps for dataset distillation research.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_sweep(name: str, help: str):
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("sweep", help="sweep YAML file")
+        sp.add_argument("--storage", default=None, help="storage root; overrides the file's `storage`")
+        return sp
+
+    with_sweep("validate", "check a sweep file; print every problem").set_defaults(fn=cmd_validate)
+    with_sweep("plan", "grid size, pending trials, stages to build, budget per IPC").set_defaults(fn=cmd_plan)
+    sp = with_sweep("run", "run every pending trial (resumes a stopped sweep)")
+    sp.add_argument("--address", default=None, help="Ray cluster address (default: start an embedded local Ray)")
+    sp.add_argument("--checkpoint-interval", type=float, default=60.0,
+                    help="seconds between a trial's epoch checkpoints (default 60)")
+    sp.set_defaults(fn=cmd_run)
+    with_sweep("status", "done / started / failed / pending, per axis").set_defaults(fn=cmd_status)
+    with_sweep("report", "accuracy table and curves under <storage>/<sweep>/report/").set_defaults(fn=cmd_report)
+    sp = sub.add_parser("list", help="registered selectors, regimes, datasets, architectures")
+    sp.add_argument("kind", nargs="?", choices=("selectors", "regimes", "datasets", "archs"))
+    sp.set_defaults(fn=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return EXIT_SPEC
+
+
+if __name__ == "__main__":
+    sys.exit(main())

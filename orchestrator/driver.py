@@ -1,0 +1,184 @@
+"""Ray driver: plan what is pending, build shared stages as Ray tasks, run trials with Ray Tune."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.config import ArtifactKey, TrialConfig
+
+from orchestrator import grid, results
+from orchestrator.spec import SweepSpec
+
+log = logging.getLogger("ddsweep")
+
+
+@dataclass
+class Plan:
+    trials: list[TrialConfig]
+    done: set[str]
+    pending: list[TrialConfig]
+    stages: list[ArtifactKey]
+    stages_missing: list[ArtifactKey]
+
+
+def make_plan(spec: SweepSpec) -> Plan:
+    from workers.artifacts import ArtifactStore
+
+    trials = grid.expand(spec)
+    done = results.done_ids(spec.storage, spec.name)
+    pending = [t for t in trials if t.trial_id not in done]
+    stages = grid.stages_for(pending)
+    store = ArtifactStore(Path(spec.storage) / "artifacts")
+    return Plan(trials, done & {t.trial_id for t in trials}, pending, stages,
+                [k for k in stages if not store.exists(k)])
+
+
+def save_spec_source(spec: SweepSpec) -> None:
+    folder = results.sweep_dir(spec.storage, spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".sweep.yaml.{os.getpid()}.tmp"
+    tmp.write_text(spec.source)
+    os.replace(tmp, folder / "sweep.yaml")
+
+
+def _say(msg: str) -> None:
+    print(f"[ddsweep] {msg}", flush=True)
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:  # embedded local cluster; dashboard off (it would bind only 127.0.0.1 if enabled)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                 configure_logging=True, logging_level=logging.WARNING)
+
+
+def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float) -> None:
+    """Build missing shared stages as Ray tasks, de-duplicated, in dependency order."""
+    import ray
+
+    if not keys:
+        return
+
+    @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)
+    def build_one(kind: str, config_json: str, root: str) -> str:
+        from workers import stages
+        from workers.artifacts import ArtifactStore
+
+        key = ArtifactKey(kind, config_json)
+        stages.build(key, ArtifactStore(root))
+        return str(key)
+
+    t0 = time.time()
+    _say(f"building {len(keys)} shared stage(s)")
+    # Dependencies come first in `keys` (grid.stages_for); stages with deps are built after the rest.
+    from workers.registry import stage_deps
+
+    roots = [k for k in keys if not stage_deps(k)]
+    rest = [k for k in keys if stage_deps(k)]
+    for batch in (roots, rest):
+        refs = [build_one.remote(k.kind, k.config_json, artifacts_root) for k in batch]
+        for i, ref in enumerate(refs, 1):
+            ray.get(ref)
+            if i == len(refs) or i % 10 == 0:
+                _say(f"  stages built: {i}/{len(refs)}")
+    _say(f"stages ready in {time.time() - t0:.1f}s")
+
+
+def run(spec: SweepSpec, address: str | None = None, checkpoint_interval_s: float = 60.0) -> int:
+    """Run everything pending. Returns 0 when every trial has a row, 1 when some failed."""
+    spec_storage = str(Path(spec.storage).resolve())
+    spec = _with_storage(spec, spec_storage)
+    results.clean_temporaries(spec.storage, spec.name)
+    plan = make_plan(spec)
+    _say(f"sweep {spec.name!r}: {len(plan.trials)} trials, {len(plan.done)} done, {len(plan.pending)} pending "
+         f"(storage {spec.storage})")
+    save_spec_source(spec)
+    if not plan.pending:
+        _say("nothing to run")
+        return 0
+
+    init_ray(address)
+    import ray
+    from ray import tune
+
+    build_stages(plan.stages_missing, str(Path(spec.storage) / "artifacts"), cpus=1, gpus=0)
+
+    from orchestrator.trainable import trainable
+
+    names = {t.trial_id: t.trial_name for t in plan.pending}
+    trials_json = {t.trial_id: json.dumps(t.to_json(), sort_keys=True) for t in plan.pending}
+    res = spec.resources
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, trials_json=trials_json, storage=spec.storage, sweep=spec.name,
+                             num_threads=max(1, int(res.cpus_per_trial)),
+                             checkpoint_interval_s=checkpoint_interval_s),
+        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    progress = _progress_callback(names, len(plan.trials), len(plan.done))
+    tuner = tune.Tuner(
+        fn,
+        param_space={"trial_id": tune.grid_search([t.trial_id for t in plan.pending])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,
+                                    trial_dirname_creator=lambda t: t.config["trial_id"]),
+        run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=str(Path(spec.storage) / spec.name / "tune"),
+                                  failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                                  callbacks=[progress], verbose=0),
+    )
+    tuner.fit()
+    done = results.done_ids(spec.storage, spec.name)
+    missing = [t for t in plan.trials if t.trial_id not in done]
+    fails = results.failures(spec.storage, spec.name)
+    _say(f"finished: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row"
+         + (f"; {len(missing)} failed (see {results.failures_dir(spec.storage, spec.name)})" if missing else ""))
+    for t in missing:
+        f = fails.get(t.trial_id)
+        if f:
+            _say(f"  FAILED {t.trial_name} after {f['attempt']} attempt(s): {f['error']}")
+    _say(f"rows: {results.results_dir(spec.storage, spec.name)}")
+    if not address:
+        ray.shutdown()
+    return 0 if not missing else 1
+
+
+def _with_storage(spec: SweepSpec, storage: str) -> SweepSpec:
+    from dataclasses import replace
+
+    return replace(spec, storage=storage)
+
+
+def _progress_callback(names: dict[str, str], total: int, already: int):
+    """One line per finished or failed trial: 'done 7/24 el2n-hl-ipc10-s0 top1=0.812 (elapsed 14s)'."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def __init__(self) -> None:
+            self.count, self.failed, self.t0 = already, 0, time.time()
+
+        def _name(self, trial) -> str:
+            return names.get(trial.config["trial_id"], "?")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.count += 1
+            r = trial.last_result or {}
+            top1 = f" top1={r['top1']:.3f}" if "top1" in r else ""
+            _say(f"done {self.count}/{total} {self._name(trial)}{top1} (elapsed {time.time() - self.t0:.0f}s)")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            _say(f"retrying {self._name(trial)} after an error")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.failed += 1
+            _say(f"FAILED {self._name(trial)} (no retries left; {self.failed} failed so far)")
+
+    return Progress()

@@ -1,0 +1,52 @@
+"""SweepSpec -> [TrialConfig] (Cartesian product minus `exclude`), and the shared stages they need."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from workers.config import ArtifactKey, TrialConfig
+from workers.registry import requires, stage_deps
+
+from orchestrator.spec import SweepSpec
+
+
+def _excluded(values: dict[str, Any], exclude) -> bool:
+    for rule in exclude:
+        if all(_matches(axis, values[axis], v) for axis, v in rule):
+            return True
+    return False
+
+
+def _matches(axis: str, value: Any, wanted: Any) -> bool:
+    if axis == "selector":
+        return wanted in (value.name, value.label())
+    return value == wanted
+
+
+def expand(spec: SweepSpec) -> list[TrialConfig]:
+    """Trials in a deterministic order: seed slowest, then IPC, selector, regime (regimes of a subset adjacent)."""
+    trials = []
+    for seed, ipc, selector, regime in itertools.product(spec.seeds, spec.ipcs, spec.selectors, spec.regimes):
+        if _excluded({"selector": selector, "regime": regime, "ipc": ipc, "seed": seed}, spec.exclude):
+            continue
+        trials.append(TrialConfig(dataset=spec.dataset, student=spec.student, selector=selector, regime=regime,
+                                  ipc=ipc, seed=seed, budget=spec.budget, train=spec.train))
+    return trials
+
+
+def stages_for(trials: list[TrialConfig]) -> list[ArtifactKey]:
+    """Every artifact the trials need, de-duplicated, dependencies before dependants."""
+    ordered: dict[ArtifactKey, None] = {}
+
+    def visit(key: ArtifactKey) -> None:
+        if key in ordered:
+            return
+        for dep in stage_deps(key):
+            visit(dep)
+        ordered[key] = None
+
+    for t in trials:
+        for key in requires(t):
+            visit(key)
+    return list(ordered)

@@ -1,0 +1,73 @@
+"""Tables (and later curves) from the results store: accuracy per (selector, regime, IPC) over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator import results
+from orchestrator.spec import SweepSpec
+
+
+def current_rows(spec: SweepSpec):
+    """Rows of the trials in the current spec only (old rows of changed settings stay in the store)."""
+    from orchestrator.grid import expand
+
+    return results.load(spec.storage, spec.name, trial_ids={t.trial_id for t in expand(spec)})
+
+
+def accuracy_table(df):
+    """Mean and std of last-epoch test top-1 (in %) over seeds, one row per (selector, regime, ipc)."""
+    import pandas as pd
+
+    if df.empty:
+        return pd.DataFrame(columns=["selector", "regime", "ipc", "top1_mean", "top1_std", "seeds"])
+    label = df["selector"].where(df["selector_options"].isin(["{}", None]),
+                                 df["selector"] + df["selector_options"])
+    g = df.assign(selector=label, top1=df["top1"] * 100).groupby(["selector", "regime", "ipc"])["top1"]
+    out = g.agg(top1_mean="mean", top1_std="std", seeds="count").reset_index()
+    return out.sort_values(["regime", "ipc", "selector"]).reset_index(drop=True)
+
+
+def format_table(table) -> str:
+    if table.empty:
+        return "(no finished trials yet)"
+    lines = [f"{'regime':<7} {'ipc':>4}  {'selector':<24} {'top1 %':>14}  seeds"]
+    for r in table.itertuples():
+        std = "" if r.seeds < 2 else f" ± {r.top1_std:4.1f}"
+        lines.append(f"{r.regime:<7} {r.ipc:>4}  {r.selector:<24} {r.top1_mean:>7.2f}{std:<7}  {r.seeds}")
+    return "\n".join(lines)
+
+
+def write_report(spec: SweepSpec) -> Path:
+    df = current_rows(spec)
+    table = accuracy_table(df)
+    out = results.sweep_dir(spec.storage, spec.name) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "accuracy.csv", index=False)
+    if not table.empty:
+        _plot(table, out / "accuracy_vs_ipc.png")
+    return out
+
+
+def _plot(table, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(dict.fromkeys(table["regime"]))
+    fig, axes = plt.subplots(1, len(regimes), figsize=(4.5 * len(regimes), 3.6), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        sub = table[table["regime"] == regime]
+        for sel, part in sub.groupby("selector"):
+            ax.errorbar(part["ipc"], part["top1_mean"], yerr=part["top1_std"].fillna(0), marker="o",
+                        capsize=2, label=sel)
+        ax.set_xscale("log")
+        ax.set_title(f"regime {regime}")
+        ax.set_xlabel("images per class")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

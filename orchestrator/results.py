@@ -1,0 +1,155 @@
+"""The results store: one Parquet file per finished trial, published atomically, never replaced.
+
+Layout under `<storage>/<sweep>/`: `results/<trial_id>.parquet`, `failures/<trial_id>.json`,
+`checkpoints/<trial_id>/`, `sweep.yaml` (the resolved spec's source). DESIGN.md §5-§6.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    # identity
+    ("sweep", pa.string()), ("trial_id", pa.string()), ("trial_name", pa.string()), ("selector", pa.string()),
+    ("selector_options", pa.string()), ("regime", pa.string()), ("ipc", pa.int64()), ("seed", pa.int64()),
+    ("dataset", pa.string()), ("student_arch", pa.string()), ("teacher_arch", pa.string()),
+    ("subset_key", pa.string()),
+    # budget
+    ("budget_unit", pa.string()), ("budget_value", pa.float64()),
+    ("images_seen", pa.int64()), ("subset_epochs", pa.float64()), ("full_epochs", pa.float64()),
+    ("steps", pa.int64()),
+    # outcome (fractions in [0, 1]); best_top1 is the best *test* top-1 over evaluations, labelled as such
+    ("top1", pa.float64()), ("top5", pa.float64()), ("loss", pa.float64()), ("best_top1", pa.float64()),
+    ("minival_top1", pa.float64()),
+    # cost
+    ("select_seconds", pa.float64()), ("train_seconds", pa.float64()), ("total_seconds", pa.float64()),
+    ("gpu_name", pa.string()), ("peak_gpu_mem_bytes", pa.int64()), ("soft_label_bytes", pa.int64()),
+    # provenance
+    ("attempt", pa.int64()), ("host", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
+    ("finished_at", pa.timestamp("us", tz="UTC")), ("ddsweep_version", pa.string()), ("torch_version", pa.string()),
+    ("ray_version", pa.string()), ("config_json", pa.string()), ("history_json", pa.string()),
+])
+
+
+def sweep_dir(storage: str | os.PathLike, sweep: str) -> Path:
+    return Path(storage) / sweep
+
+
+def results_dir(storage, sweep) -> Path:
+    return sweep_dir(storage, sweep) / "results"
+
+
+def failures_dir(storage, sweep) -> Path:
+    return sweep_dir(storage, sweep) / "failures"
+
+
+def checkpoint_dir(storage, sweep, trial_id: str) -> Path:
+    return sweep_dir(storage, sweep) / "checkpoints" / trial_id
+
+
+def row_path(storage, sweep, trial_id: str) -> Path:
+    return results_dir(storage, sweep) / f"{trial_id}.parquet"
+
+
+def has_row(storage, sweep, trial_id: str) -> bool:
+    return row_path(storage, sweep, trial_id).exists()
+
+
+def write_row(storage, sweep, row: dict[str, Any]) -> bool:
+    """Publish one trial's row. Returns False (and writes nothing) when the trial already has a row.
+
+    Written under a hidden temporary name in the same folder (readers skip names starting with
+    '.'), fsynced, then hard-linked to the final name: `os.link` fails if the row exists, so an
+    existing row is never replaced, even by a racing duplicate of the same trial.
+    """
+    out = results_dir(storage, sweep)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"{row['trial_id']}.parquet"
+    if final.exists():
+        return False
+    table = pa.Table.from_pylist([{name: row.get(name) for name in SCHEMA.names}], schema=SCHEMA)
+    tmp = out / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(storage, sweep: str, trial_ids: set[str] | None = None):
+    """All rows of a sweep as a pandas DataFrame, one per trial_id (the earliest finished), optionally filtered."""
+    import pyarrow.dataset as ds
+
+    folder = results_dir(storage, sweep)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return SCHEMA.empty_table().to_pandas()
+    table = ds.dataset([str(f) for f in files], format="parquet", schema=SCHEMA).to_table()
+    df = table.to_pandas()
+    df = df.sort_values("finished_at", kind="stable").drop_duplicates("trial_id", keep="first")
+    if trial_ids is not None:
+        df = df[df["trial_id"].isin(trial_ids)]
+    return df.reset_index(drop=True)
+
+
+def done_ids(storage, sweep: str) -> set[str]:
+    folder = results_dir(storage, sweep)
+    return {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
+
+
+def record_failure(storage, sweep: str, trial_id: str, trial_name: str, attempt: int, error: str,
+                   traceback_text: str) -> None:
+    out = failures_dir(storage, sweep)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"trial_id": trial_id, "trial_name": trial_name, "attempt": attempt, "error": error,
+               "traceback": traceback_text, "at": time.time()}
+    tmp = out / f".{trial_id}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, out / f"{trial_id}.json")
+
+
+def failures(storage, sweep: str) -> dict[str, dict]:
+    folder = failures_dir(storage, sweep)
+    out = {}
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            out[f.stem] = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def clear_failure(storage, sweep: str, trial_id: str) -> None:
+    (failures_dir(storage, sweep) / f"{trial_id}.json").unlink(missing_ok=True)
+
+
+def previous_attempts(storage, sweep: str, trial_id: str) -> int:
+    f = failures_dir(storage, sweep) / f"{trial_id}.json"
+    try:
+        return int(json.loads(f.read_text())["attempt"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def clean_temporaries(storage, sweep: str) -> int:
+    """Remove hidden temporary files left by a killed writer. Returns how many were removed."""
+    n = 0
+    for sub in ("results", "failures"):
+        for f in (sweep_dir(storage, sweep) / sub).glob(".*.tmp"):
+            f.unlink(missing_ok=True)
+            n += 1
+    return n

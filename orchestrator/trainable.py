@@ -1,0 +1,72 @@
+"""The Tune function trainable: run one trial with workers.run_trial, publish its row, report to Tune.
+
+Runs inside Ray worker processes. It imports torch only through workers.trial, inside the call.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from workers import __version__
+from workers.config import TrialConfig
+
+from orchestrator import results
+
+
+def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: int, started_at: datetime) -> dict:
+    import ray
+
+    history = metrics.pop("history", [])
+    return {
+        "sweep": sweep, "trial_id": cfg.trial_id, "trial_name": cfg.trial_name,
+        "selector": cfg.selector.name, "selector_options": json.dumps(cfg.selector.opts, sort_keys=True),
+        "regime": cfg.regime, "ipc": cfg.ipc, "seed": cfg.seed,
+        "budget_unit": cfg.budget.unit, "budget_value": float(cfg.budget.value),
+        **metrics,
+        "attempt": attempt, "started_at": started_at, "finished_at": datetime.now(timezone.utc),
+        "ddsweep_version": __version__, "ray_version": ray.__version__,
+        "config_json": json.dumps(cfg.to_json(), sort_keys=True), "history_json": json.dumps(history),
+    }
+
+
+def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str, num_threads: int,
+            report=None, checkpoint_interval_s: float = 60.0) -> dict | None:
+    """Run a trial unless its row exists. Returns the row written, or None when there was nothing to do."""
+    from workers.trial import TrialContext, clear_checkpoint, run_trial
+
+    if results.has_row(storage, sweep, trial_id):  # relaunched after its row was published
+        return None
+    cfg = TrialConfig.from_json(json.loads(trials_json[trial_id]))
+    attempt = results.previous_attempts(storage, sweep, trial_id) + 1
+    started_at = datetime.now(timezone.utc)
+    ctx = TrialContext(artifacts_root=Path(storage) / "artifacts",
+                       checkpoint_dir=results.checkpoint_dir(storage, sweep, trial_id),
+                       report=report, num_threads=num_threads, checkpoint_interval_s=checkpoint_interval_s)
+    try:
+        metrics = run_trial(cfg, ctx)
+    except Exception as err:
+        results.record_failure(storage, sweep, trial_id, cfg.trial_name, attempt, f"{type(err).__name__}: {err}",
+                               traceback.format_exc())
+        raise
+    row = build_row(sweep, cfg, metrics, attempt, started_at)
+    results.write_row(storage, sweep, row)
+    clear_checkpoint(ctx)
+    results.clear_failure(storage, sweep, trial_id)
+    return row
+
+
+def trainable(config: dict, trials_json: dict[str, str], storage: str, sweep: str, num_threads: int,
+              checkpoint_interval_s: float) -> None:
+    from ray import tune
+
+    row = run_one(config["trial_id"], trials_json, storage, sweep, num_threads,
+                  report=lambda r: tune.report({k: v for k, v in r.items() if isinstance(v, (int, float))}),
+                  checkpoint_interval_s=checkpoint_interval_s)
+    final = {"ddsweep_done": 1}
+    if row is not None:
+        final.update({"top1": row["top1"], "minival_top1": row["minival_top1"], "total_seconds": row["total_seconds"]})
+    tune.report(final)

@@ -1,0 +1,64 @@
+"""The compute budget in its three units (DESIGN.md §3, METHODS.md §2). No torch.
+
+A trial walks epochs over its subset; each epoch is a fresh permutation cut into batches of
+`batch` (the last one smaller). Training stops once the budget's images are seen: the last
+batch is cut short so that images_seen is exact. `steps` mode runs exactly that many batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from workers.config import BudgetConfig
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    images_seen: int
+    steps: int
+    subset_epochs: float
+    full_epochs: float
+    n_subset: int
+    n_full: int
+
+    def to_json(self) -> dict:
+        return {"images_seen": self.images_seen, "steps": self.steps, "subset_epochs": self.subset_epochs,
+                "full_epochs": self.full_epochs}
+
+
+def target_images(budget: BudgetConfig, n_subset: int, n_full: int, batch: int) -> int:
+    if budget.unit == "epochs":
+        return max(1, int(round(budget.value * n_subset)))
+    if budget.unit == "full_epochs":
+        return max(1, int(round(budget.value * n_full)))
+    if budget.unit == "steps":
+        steps = int(budget.value)
+        per_epoch = math.ceil(n_subset / batch)
+        full, rest = divmod(steps, per_epoch)
+        return full * n_subset + min(rest * batch, n_subset)
+    raise ValueError(f"unknown budget unit {budget.unit!r}")
+
+
+def epoch_batches(n_subset: int, batch: int, images: int) -> Iterator[tuple[int, list[int]]]:
+    """Yield (epoch, [batch sizes]) until `images` are covered; the final batch is truncated."""
+    left, epoch = images, 0
+    while left > 0:
+        sizes = []
+        for start in range(0, n_subset, batch):
+            if left <= 0:
+                break
+            size = min(batch, n_subset - start, left)
+            sizes.append(size)
+            left -= size
+        yield epoch, sizes
+        epoch += 1
+
+
+def plan(budget: BudgetConfig, n_subset: int, n_full: int, batch: int) -> BudgetPlan:
+    images = target_images(budget, n_subset, n_full, batch)
+    per_epoch = math.ceil(n_subset / batch)
+    full, rest = divmod(images, n_subset)
+    steps = full * per_epoch + math.ceil(rest / batch)
+    return BudgetPlan(images, steps, images / n_subset, images / n_full, n_subset, n_full)

@@ -1,0 +1,173 @@
+"""Fully resolved trial configuration: frozen dataclasses, canonical JSON and stable ids. No torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+BUDGET_UNITS = ("epochs", "full_epochs", "steps")
+REGIMES = ("hl", "sl", "sl_kd")
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the byte string every id is hashed from."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def short_hash(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+def _frozen_options(options: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((options or {}).items()))
+
+
+@dataclass(frozen=True)
+class Named:
+    """A registry entry chosen by name, with its fully resolved options (defaults filled in)."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(cls, name: str, options: Mapping[str, Any] | None = None) -> "Named":
+        return cls(name=name, options=_frozen_options(options))
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def label(self) -> str:
+        """Short human label: `el2n_window` or `el2n_window(offset=0.8)`."""
+        if not self.options:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in self.options)
+        return f"{self.name}({inner})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    root: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "root": self.root, "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """How much compute the student gets (DESIGN.md §3, METHODS.md §2): one unit, one value."""
+
+    unit: str
+    value: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"unit": self.unit, "value": self.value}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adamw"
+    lr: float = 0.001
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 64
+    schedule: str = "cosine"
+    temperature: float = 20.0
+    t2_scale: bool = False
+    augment: str = "crop"
+    eval_points: int = 4
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One point of the grid, with nothing left to look up. Its id is a hash of all of it."""
+
+    dataset: DatasetConfig
+    student: Named
+    selector: Named
+    regime: str
+    ipc: int
+    seed: int
+    budget: BudgetConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: Named | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset.to_json(),
+            "student": self.student.to_json(),
+            "selector": self.selector.to_json(),
+            "regime": self.regime,
+            "ipc": self.ipc,
+            "seed": self.seed,
+            "budget": self.budget.to_json(),
+            "train": self.train.to_json(),
+            "teacher": self.teacher.to_json() if self.teacher else None,
+        }
+
+    @property
+    def trial_id(self) -> str:
+        return short_hash(self.to_json())
+
+    @property
+    def trial_name(self) -> str:
+        sel = self.selector.name
+        if self.selector.options:
+            sel += "-" + "-".join(f"{k}{v}" for k, v in self.selector.options)
+        return f"{sel}-{self.regime}-ipc{self.ipc}-s{self.seed}"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "TrialConfig":
+        ds = d["dataset"]
+        return cls(
+            dataset=DatasetConfig(name=ds["name"], root=ds.get("root"), options=_frozen_options(ds.get("options"))),
+            student=Named.make(d["student"]["name"], d["student"].get("options")),
+            selector=Named.make(d["selector"]["name"], d["selector"].get("options")),
+            regime=d["regime"],
+            ipc=int(d["ipc"]),
+            seed=int(d["seed"]),
+            budget=BudgetConfig(unit=d["budget"]["unit"], value=d["budget"]["value"]),
+            train=TrainConfig(**d.get("train", {})),
+            teacher=Named.make(d["teacher"]["name"], d["teacher"].get("options")) if d.get("teacher") else None,
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactKey:
+    """A shared stage's output, addressed by a hash of exactly the config that produces it."""
+
+    kind: str
+    config_json: str
+
+    @classmethod
+    def make(cls, kind: str, config: Mapping[str, Any]) -> "ArtifactKey":
+        return cls(kind=kind, config_json=canonical_json(dict(config)))
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return json.loads(self.config_json)
+
+    @property
+    def digest(self) -> str:
+        return short_hash({"kind": self.kind, "config": self.cfg})
+
+    @property
+    def folder(self) -> str:
+        return f"{self.kind}/{self.digest}"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.digest}"

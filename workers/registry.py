@@ -1,0 +1,192 @@
+"""Registries of datasets, architectures, selectors, regimes and stage kinds: metadata only, no torch.
+
+Every entry carries its name, a one-line description, an option schema with defaults, and the import
+path of its implementation ("module:attr"). The driver validates and plans a sweep from this metadata
+alone (a CPU head node never imports torch); the implementation is imported only where a trial or a
+stage runs. Adding a method = one implementation module plus one `declare(...)` line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from workers.config import ArtifactKey, TrialConfig, canonical_json
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a registry entry. `kind` is int, float, str or bool; `choices` restricts values."""
+
+    default: Any
+    kind: type
+    doc: str
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def problems(self, value: Any, path: str) -> list[str]:
+        ok_types: tuple[type, ...] = (int, float) if self.kind is float else (self.kind,)
+        if isinstance(value, bool) and self.kind is not bool:
+            ok_types = ()
+        if not isinstance(value, ok_types):
+            return [f"{path}: {value!r} is not {self.kind.__name__}; {self.doc}"]
+        if self.choices is not None and value not in self.choices:
+            return [f"{path}: {value!r} is not allowed; choose one of {', '.join(map(str, self.choices))}"]
+        if self.min is not None and value < self.min:
+            return [f"{path}: {value!r} is below the minimum {self.min}; {self.doc}"]
+        if self.max is not None and value > self.max:
+            return [f"{path}: {value!r} is above the maximum {self.max}; {self.doc}"]
+        return []
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    description: str
+    impl: str
+    options: Mapping[str, Option] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Any:
+        """Import and return the implementation (may import torch)."""
+        module, _, attr = self.impl.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def resolve(self, given: Mapping[str, Any] | None, path: str) -> tuple[dict[str, Any], list[str]]:
+        """Fill defaults and validate user options. Returns (resolved options, problems)."""
+        given = dict(given or {})
+        problems: list[str] = []
+        for key in sorted(set(given) - set(self.options)):
+            known = ", ".join(sorted(self.options)) or "none"
+            problems.append(f"{path}.{key}: {self.name!r} has no option {key!r}{did_you_mean(key, self.options)}; "
+                            f"its options: {known}")
+        resolved = {}
+        for key, opt in self.options.items():
+            value = given.get(key, opt.default)
+            if key in given:
+                problems += opt.problems(value, f"{path}.{key}")
+            if opt.kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            resolved[key] = value
+        return resolved, problems
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Registry:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def declare(self, name: str, description: str, impl: str, options: Mapping[str, Option] | None = None,
+                **meta: Any) -> Entry:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} declared twice")
+        entry = Entry(name, description, impl, dict(options or {}), meta)
+        self._entries[name] = entry
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def unknown(self, name: Any, path: str) -> str:
+        return (f"{path}: {name!r} is not a known {self.kind}{did_you_mean(name, self._entries)}; "
+                f"choose one of {', '.join(self._entries)}")
+
+
+DATASETS = Registry("dataset")
+ARCHS = Registry("arch")
+SELECTORS = Registry("selector")
+REGIMES = Registry("regime")
+STAGES = Registry("stage")
+
+# ---------------------------------------------------------------- datasets
+DATASETS.declare(
+    "digits", "scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), embedded; no download",
+    "workers.data.digits:load",
+    {"image_size": Option(8, int, "side in pixels; 8 is native, 16 and 32 repeat each pixel", choices=(8, 16, 32)),
+     "minival_per_class": Option(10, int, "images per class held out of train for model choices", min=1),
+     "test_fraction": Option(0.2, float, "fraction of each class kept as the test split", min=0.05, max=0.5)},
+    describe="workers.data.digits:describe",
+)
+
+# ---------------------------------------------------------------- architectures
+ARCHS.declare(
+    "convnet", "ConvNet-D<depth> of the DD literature: [conv3x3-norm-relu-avgpool] x depth, linear head",
+    "workers.models:convnet",
+    {"depth": Option(3, int, "number of conv blocks", min=1, max=6),
+     "width": Option(64, int, "channels per conv layer", min=4),
+     "norm": Option("instance", str, "normalisation layer", choices=("instance", "batch", "none"))},
+)
+ARCHS.declare(
+    "resnet18", "torchvision ResNet-18 (random init); a 3x3 stem without max-pool for images under 64 px",
+    "workers.models:resnet18",
+    {"small_input_stem": Option("auto", str, "auto: 3x3 stem when image_size < 64",
+                                choices=("auto", "yes", "no"))},
+)
+ARCHS.declare(
+    "mlp", "two hidden layers of ReLU units on flattened pixels", "workers.models:mlp",
+    {"width": Option(256, int, "units per hidden layer", min=4)},
+)
+
+# ---------------------------------------------------------------- regimes
+REGIMES.declare("hl", "hard labels: cross-entropy on one-hot targets, no teacher", "workers.regimes:hl")
+
+
+# ---------------------------------------------------------------- selectors
+def subset_key(trial: TrialConfig) -> ArtifactKey:
+    """The training images of a trial: never depends on the regime, the student or the budget."""
+    return ArtifactKey.make("subset", {
+        "dataset": trial.dataset.to_json(),
+        "selector": trial.selector.to_json(),
+        "ipc": trial.ipc,
+        "seed": trial.seed,
+    })
+
+
+SELECTORS.declare(
+    "random", "IPC images per class drawn uniformly without replacement, seeded per (seed, class)",
+    "workers.selectors.random:select",
+)
+
+# ---------------------------------------------------------------- stage kinds
+STAGES.declare("subset", "class-balanced training subset chosen by a selector (indices into train)",
+               "workers.stages:build_subset")
+
+
+def requires(trial: TrialConfig) -> list[ArtifactKey]:
+    """Artifacts a trial needs before it starts (DESIGN.md §5 step 2)."""
+    return [subset_key(trial)]
+
+
+def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
+    """Artifacts a stage needs before it can be built; the driver builds in dependency order."""
+    return []
+
+
+def describe_dataset(name: str, root: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Torch-free facts about a data set (class names, train class sizes, image shape) for validation."""
+    entry = DATASETS[name]
+    module, _, attr = entry.meta["describe"].partition(":")
+    fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), attr)
+    return fn(root=root, **options)
+
+
+def registry_fingerprint() -> str:
+    return canonical_json({r.kind: r.names() for r in (DATASETS, ARCHS, SELECTORS, REGIMES, STAGES)})

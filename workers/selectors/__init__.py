@@ -1,0 +1,46 @@
+"""Selectors: functions (SelectContext) -> sorted train indices, IPC per class. Declared in workers.registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from workers.config import Named
+
+
+class SelectionError(Exception):
+    """A selection that cannot be made as asked (too few candidates in a class, ...)."""
+
+
+@dataclass
+class SelectContext:
+    """What a selector may look at: train labels and, through loaders, shared artifacts. Never the test split."""
+
+    labels: np.ndarray
+    num_classes: int
+    ipc: int
+    seed: int
+    selector: Named
+    artifacts: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        return self.selector.opts
+
+    def class_indices(self, c: int) -> np.ndarray:
+        idx = np.flatnonzero(self.labels == c)
+        if len(idx) < self.ipc:
+            raise SelectionError(f"class {c} has {len(idx)} training images, fewer than ipc={self.ipc}")
+        return idx
+
+    def rng(self, purpose: str, *extra: int) -> np.random.Generator:
+        return derived_rng(self.seed, purpose, *extra)
+
+
+def derived_rng(seed: int, purpose: str, *extra: int) -> np.random.Generator:
+    """A generator from (seed, purpose, extra...): DESIGN.md §8, never global state or the clock."""
+    import zlib
+
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode()), *extra])

@@ -1,0 +1,201 @@
+"""Student training under a compute budget, then evaluation. Read it top to bottom: build, loop, checkpoint, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.budget import BudgetPlan, epoch_batches
+from workers.config import TrainConfig
+from workers.regimes import Regime
+from workers.seeding import torch_generator
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ data on the device
+@dataclass
+class Tensors:
+    """Images as uint8 on the device (GPU-resident for small subsets), normalised per batch."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def float_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return (self.x[idx].float() / 255.0 - self.mean) / self.std
+
+
+def channel_stats(x_uint8, device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(x_uint8, dtype=torch.float32) / 255.0
+    mean = x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1)
+    return mean.to(device), std.to(device)
+
+
+# ------------------------------------------------------------------ augmentation
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """`crop`: random translation by up to side/8 px with zero padding; `crop_flip` adds h-flips."""
+    if kind == "none":
+        return x
+    b, c, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=gen.device).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=gen.device).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if kind == "crop_flip":
+        flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
+# ------------------------------------------------------------------ optimiser and schedule
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Per-step multiplier over the trial's total steps (METHODS.md §2.2: the schedule stretches with E)."""
+    t = step / max(1, total)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":  # full cosine to 0 (SRe2L)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "half_cosine":  # RDED: 0.5(1 + cos(pi t / 2)), ends at 0.5
+        return 0.5 * (1.0 + math.cos(math.pi * t / 2))
+    if schedule == "step":  # one drop by 10x at the middle (paper HL: epoch 151 of 300)
+        return 1.0 if t < 0.5 else 0.1
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+# ------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Tensors, batch: int = 1024) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    n = len(data.y)
+    k = min(5, int(data.y.max().item()) + 1) if n else 1
+    correct1 = correct5 = 0
+    loss = 0.0
+    for s in range(0, n, batch):
+        idx = torch.arange(s, min(n, s + batch), device=data.x.device)
+        logits = model(data.float_batch(idx))
+        y = data.y[idx]
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
+        correct1 += (topk[:, 0] == y).sum().item()
+        correct5 += (topk == y[:, None]).any(dim=1).sum().item()
+    model.train(was_training)
+    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n}
+
+
+# ------------------------------------------------------------------ checkpoints
+@dataclass
+class Checkpointer:
+    """Atomic epoch checkpoints under `folder`, written at most every `interval_s` seconds."""
+
+    folder: Path | None
+    interval_s: float = 60.0
+    last: float = field(default_factory=time.monotonic)
+
+    @property
+    def file(self) -> Path | None:
+        return self.folder / "state.pt" if self.folder else None
+
+    def load(self) -> dict | None:
+        if self.file is None or not self.file.exists():
+            return None
+        try:
+            return torch.load(self.file, map_location="cpu", weights_only=True)
+        except Exception as err:  # a torn or foreign file: start over rather than crash the trial
+            log.warning("ignoring unreadable checkpoint %s: %s", self.file, err)
+            return None
+
+    def maybe_save(self, state: Callable[[], dict], force: bool = False) -> bool:
+        if self.file is None or (not force and time.monotonic() - self.last < self.interval_s):
+            return False
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".state.pt.tmp-{os.getpid()}"
+        torch.save(state(), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.file)
+        self.last = time.monotonic()
+        return True
+
+
+# ------------------------------------------------------------------ the loop
+def train(model: nn.Module, regime: Regime, train_data: Tensors, ids: torch.Tensor, cfg: TrainConfig,
+          plan: BudgetPlan, seed: int, evals: dict[str, Tensors], checkpointer: Checkpointer,
+          progress: Callable[[dict], None] | None = None) -> dict:
+    """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations."""
+    device = train_data.x.device
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, plan.steps))
+    n = len(train_data.y)
+    epochs = list(epoch_batches(n, cfg.batch_size, plan.images_seen))
+    eval_epochs = {min(len(epochs) - 1, math.ceil(len(epochs) * k / cfg.eval_points) - 1)
+                   for k in range(1, cfg.eval_points + 1)}
+    history: list[dict] = []
+    start_epoch, images_seen, steps, train_seconds = 0, 0, 0, 0.0
+
+    resumed = checkpointer.load()
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        sched.load_state_dict(resumed["scheduler"])
+        start_epoch, images_seen, steps = resumed["epoch"], resumed["images_seen"], resumed["steps"]
+        history, train_seconds = resumed["history"], resumed["train_seconds"]
+        log.info("resumed at epoch %d of %d", start_epoch, len(epochs))
+
+    model.train()
+    for epoch, sizes in epochs[start_epoch:]:
+        t0 = time.perf_counter()
+        # Order and augmentation come from (seed, purpose, epoch): a resumed run replays them exactly.
+        order = torch.randperm(n, generator=torch_generator(seed, "order", epoch)).to(device)
+        aug_gen = torch_generator(seed, "augment", epoch)
+        pos = 0
+        for size in sizes:
+            idx = order[pos:pos + size]
+            pos += size
+            x = augment(train_data.float_batch(idx), cfg.augment, aug_gen)
+            loss = regime.loss(model, x, ids[idx], train_data.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            steps += 1
+            images_seen += size
+        train_seconds += time.perf_counter() - t0
+        if epoch in eval_epochs:
+            row = {"epoch": epoch + 1, "images_seen": images_seen, "train_loss": float(loss.item())}
+            for split, data in evals.items():
+                row.update({f"{split}_{k}": v for k, v in evaluate(model, data).items()})
+            history.append(row)
+            if progress:
+                progress(row)
+        checkpointer.maybe_save(lambda: {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "epoch": epoch + 1, "images_seen": images_seen, "steps": steps, "history": history,
+            "train_seconds": train_seconds}, force=False)
+    assert images_seen == plan.images_seen and steps == plan.steps, (images_seen, steps, plan)
+    return {"history": history, "images_seen": images_seen, "steps": steps, "train_seconds": train_seconds}

@@ -1,0 +1,141 @@
+"""run_trial(config, ctx) -> metrics: one trial from data to evaluation, without Ray.
+
+    python -m workers.trial trial.json [--storage DIR]
+
+runs one trial from a TrialConfig JSON (the `config_json` column of a results row) and prints
+its metrics as JSON: for debugging, profiling, or a GPU box without a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from workers.config import TrialConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialContext:
+    """Where a trial reads and writes: the shared artifact store and its own checkpoint folder."""
+
+    artifacts_root: Path
+    checkpoint_dir: Path | None = None
+    report: Callable[[dict], None] | None = None
+    device: str | None = None
+    checkpoint_interval_s: float = 60.0
+    num_threads: int | None = None
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from workers import models, stages
+    from workers.artifacts import ArtifactStore
+    from workers.budget import plan as budget_plan
+    from workers.registry import REGIMES, requires, subset_key
+    from workers.train import Checkpointer, Tensors, channel_stats, train
+
+    t_start = time.time()
+    if ctx.num_threads:
+        torch.set_num_threads(ctx.num_threads)
+    device = pick_device(ctx.device)
+    store = ArtifactStore(ctx.artifacts_root)
+
+    # Shared stages: normally built by the driver already; built here when run without one.
+    t0 = time.perf_counter()
+    for key in requires(config):
+        stages.build(key, store)
+    skey = subset_key(config)
+    idx = stages.load_subset(skey, store)
+    select_seconds = time.perf_counter() - t0
+
+    splits = stages.load_splits(config.dataset.to_json())
+    manifest = store.manifest(skey) or {}
+    if manifest.get("class_names") != list(splits.class_names):
+        raise RuntimeError(f"subset {skey} was built for classes {manifest.get('class_names')}, "
+                           f"data set has {list(splits.class_names)}")
+    mean, std = channel_stats(splits.train_x, device)
+
+    def tensors(x, y) -> Tensors:
+        return Tensors(torch.as_tensor(np.ascontiguousarray(x)).to(device),
+                       torch.as_tensor(y).to(device), mean, std)
+
+    train_data = tensors(splits.train_x[idx], splits.train_y[idx])
+    ids = torch.as_tensor(idx).to(device)
+    evals = {"test": tensors(splits.test_x, splits.test_y), "minival": tensors(splits.minival_x, splits.minival_y)}
+
+    plan = budget_plan(config.budget, n_subset=len(idx), n_full=len(splits.train_y),
+                       batch=config.train.batch_size)
+    model = models.build(config.student.name, config.student.opts, splits.num_classes, splits.image_shape,
+                         config.seed).to(device)
+    regime = REGIMES[config.regime].load()()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    result = train(model, regime, train_data, ids, config.train, plan, config.seed, evals,
+                   Checkpointer(ctx.checkpoint_dir, ctx.checkpoint_interval_s), progress=ctx.report)
+    final = result["history"][-1]
+    return {
+        "subset_key": skey.digest,
+        "dataset": config.dataset.name,
+        "student_arch": config.student.name,
+        "teacher_arch": config.teacher.name if config.teacher else None,
+        **plan.to_json(),
+        "top1": final["test_top1"], "top5": final["test_top5"], "loss": final["test_loss"],
+        "best_top1": max(h["test_top1"] for h in result["history"]),
+        "minival_top1": final["minival_top1"],
+        "select_seconds": select_seconds,
+        "train_seconds": result["train_seconds"],
+        "total_seconds": time.time() - t_start,
+        "gpu_name": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated()) if device.startswith("cuda") else None,
+        "soft_label_bytes": int(regime.soft_label_bytes),
+        "host": socket.gethostname(),
+        "torch_version": torch.__version__,
+        "history": result["history"],
+    }
+
+
+def clear_checkpoint(ctx: TrialContext) -> None:
+    if ctx.checkpoint_dir is not None:
+        shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workers.trial", description=__doc__.splitlines()[0])
+    p.add_argument("trial_json", help="a TrialConfig as JSON (e.g. a results row's config_json)")
+    p.add_argument("--storage", default="./ddsweep-runs", help="artifacts go under STORAGE/artifacts")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = TrialConfig.from_json(json.loads(Path(args.trial_json).read_text()))
+    ctx = TrialContext(artifacts_root=Path(args.storage) / "artifacts", device=args.device,
+                       report=lambda row: log.info("progress %s", json.dumps(row)))
+    metrics = run_trial(cfg, ctx)
+    metrics.pop("history")
+    json.dump({"trial_id": cfg.trial_id, "trial_name": cfg.trial_name, **metrics}, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
