@@ -65,6 +65,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    "found unhashable key", key_node.start_mark) from None
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
@@ -174,7 +179,7 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
     if d is None or "name" not in d:
         return None, None
     name = d["name"]
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         c.err("dataset.name", DATASETS.unknown(name, "dataset.name").split(": ", 1)[1])
         return None, None
     root = d.get("root")
@@ -206,7 +211,7 @@ def _named_with_options(c: _Checker, value: Any, path: str, registry, key: str) 
         return None
     opts, problems = registry[name].resolve({k: v for k, v in d.items() if k != key}, path)
     c.problems += problems
-    return Named.make(name, opts)
+    return None if problems else Named.make(name, opts)
 
 
 def _budget(c: _Checker, value: Any) -> BudgetConfig | None:
@@ -233,14 +238,19 @@ def _selector_defaults(c: _Checker, value: Any) -> dict[str, dict]:
         if name not in SELECTORS:
             c.err(f"selectors.{name}", SELECTORS.unknown(name, "x").split(": ", 1)[1])
         elif c.mapping(opts if opts is not None else {}, f"selectors.{name}", None) is not None:
-            out[name] = dict(opts or {})
+            _, problems = SELECTORS[name].resolve(opts, f"selectors.{name}")
+            c.problems += problems
+            if not problems:
+                out[name] = dict(opts or {})
     return out
 
 
 def _axis_list(c: _Checker, grid: dict, axis: str) -> list | None:
-    values = grid.get(axis)
+    if axis not in grid:
+        return None  # reported as required
+    values = grid[axis]
     if values is None:
-        return None
+        values = []  # `seed:` with nothing after it
     if not isinstance(values, list):
         values = [values]  # a scalar is a one-value axis
     if not values:
@@ -254,6 +264,7 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
     if g is None:
         return None
     out: dict[str, tuple] = {}
+    where: dict[str, list[int]] = {axis: [] for axis in AXES}  # YAML index of each kept value
     before = len(c.problems)
 
     sels = []
@@ -271,15 +282,19 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
         given = {**selector_defaults.get(name, {}), **{k: v for k, v in item.items() if k != "name"}}
         opts, problems = SELECTORS[name].resolve(given, path)
         c.problems += problems
+        if problems:
+            continue
         sels.append(Named.make(name, opts))
+        where["selector"].append(i)
     out["selector"] = tuple(sels)
 
     regimes = []
     for i, r in enumerate(_axis_list(c, g, "regime") or []):
-        if r not in REGIMES:
+        if not isinstance(r, str) or r not in REGIMES:
             c.err(f"grid.regime[{i}]", REGIMES.unknown(r, "x").split(": ", 1)[1])
         else:
             regimes.append(r)
+            where["regime"].append(i)
     out["regime"] = tuple(regimes)
 
     smallest = None
@@ -295,17 +310,19 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
                                         f"class {smallest[1]!r}); use ipc <= {smallest[0]}")
             else:
                 ipcs.append(v)
+                where["ipc"].append(i)
     out["ipc"] = tuple(ipcs)
 
     seeds = []
     for i, v in enumerate(_axis_list(c, g, "seed") or []):
         if c.number(v, f"grid.seed[{i}]", integer=True, minimum=0):
             seeds.append(v)
+            where["seed"].append(i)
     out["seed"] = tuple(seeds)
 
     for axis, vals in out.items():
         seen: dict[Any, int] = {}
-        for i, v in enumerate(vals):
+        for i, v in zip(where[axis], vals):
             if v in seen:
                 shown = v.label() if isinstance(v, Named) else repr(v)
                 c.err(f"grid.{axis}[{i}]", f"{shown} repeats grid.{axis}[{seen[v]}]; list each value once")

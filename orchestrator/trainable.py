@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from workers import __version__
-from workers.config import TrialConfig
+from workers.config import TrialConfig, canonical_json
 
 from orchestrator import results
 
@@ -29,7 +29,7 @@ def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: in
         **metrics,
         "attempt": attempt, "started_at": started_at, "finished_at": datetime.now(timezone.utc),
         "ddsweep_version": __version__, "ray_version": ray.__version__,
-        "config_json": json.dumps(cfg.to_json(), sort_keys=True), "history_json": json.dumps(history),
+        "config_json": canonical_json(cfg.to_json()), "history_json": json.dumps(history),
     }
 
 

@@ -1,0 +1,112 @@
+"""End to end through the CLI with a real embedded Ray cluster and real Parquet rows (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, REPO, write_sweep
+from orchestrator import results
+from workers.config import short_hash
+
+pytestmark = pytest.mark.slow
+DDSWEEP = str(BIN / "ddsweep")
+
+
+def run_cli(args, env, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([DDSWEEP, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(storage: Path, sweep: str) -> dict[str, tuple]:
+    df = results.load(storage, sweep)
+    stats = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in results.results_dir(storage, sweep).glob("*.parquet")}
+    return {r.trial_id: (r.started_at, r.top1, stats[r.trial_id]) for r in df.itertuples()}
+
+
+def test_smoke_sweep_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, cli_env):
+    out = run_cli(["run", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "done 12/12" in out.stdout
+    df = results.load(tmp_path, "smoke")
+    assert len(df) == 12 and df["trial_id"].is_unique
+    assert set(df["ipc"]) == {1, 5, 10, 50} and set(df["seed"]) == {0, 1, 2}
+    # sane accuracies: chance is 0.10 on digits
+    by_ipc = df.groupby("ipc")["top1"].mean()
+    assert by_ipc[1] > 0.25 and by_ipc[10] > 0.5 and by_ipc[50] > 0.9
+    assert (df["images_seen"] == df["ipc"] * 10 * 60).all()
+    assert df["subset_key"].nunique() == 12
+    # the id is the hash of the stored config: a row says exactly what produced it
+    assert all(short_hash(json.loads(r.config_json)) == r.trial_id for r in df.itertuples())
+    assert df["ray_version"].eq("2.60.0").all() and df["attempt"].eq(1).all()
+    assert not (tmp_path / "smoke" / "checkpoints").exists() or not any((tmp_path / "smoke" / "checkpoints").iterdir())
+    before = snapshot(tmp_path, "smoke")
+
+    again = run_cli(["run", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
+    assert again.returncode == 0 and "12 done, 0 pending" in again.stdout and "nothing to run" in again.stdout
+    assert snapshot(tmp_path, "smoke") == before
+
+    status = run_cli(["status", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
+    assert "12 trials: 12 done, 0 started, 0 failed, 0 pending" in status.stdout
+    report = run_cli(["report", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
+    assert report.returncode == 0 and "random" in report.stdout
+    assert (tmp_path / "smoke" / "report" / "accuracy.csv").exists()
+
+
+def test_adding_a_seed_runs_only_the_new_trials(tmp_path, cli_env):
+    sweep = write_sweep(tmp_path / "s.yaml", ipc=(2, 5), seeds=(0,), epochs=10)
+    assert run_cli(["run", str(sweep)], cli_env).returncode == 0
+    before = snapshot(tmp_path / "store", "tiny")
+    assert len(before) == 2
+    write_sweep(tmp_path / "s.yaml", ipc=(2, 5), seeds=(0, 1), epochs=10)
+    plan = run_cli(["plan", str(sweep)], cli_env)
+    assert "done 2, pending 2" in plan.stdout
+    out = run_cli(["run", str(sweep)], cli_env)
+    assert out.returncode == 0 and "4 trials, 2 done, 2 pending" in out.stdout
+    after = snapshot(tmp_path / "store", "tiny")
+    assert len(after) == 4 and {k: after[k] for k in before} == before
+    assert set(results.load(tmp_path / "store", "tiny")["seed"]) == {0, 1}
+
+
+def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env):
+    sweep = write_sweep(tmp_path / "s.yaml", ipc=(5, 10, 20), seeds=(0, 1, 2), epochs=150)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([DDSWEEP, "run", str(sweep)], env=cli_env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not results.done_ids(store, "tiny"):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        assert results.done_ids(store, "tiny"), "no row appeared before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the embedded Ray processes it started
+        proc.wait()
+    first = snapshot(store, "tiny")
+    assert 1 <= len(first) < 9, "the kill came too late to test anything"
+
+    out = run_cli(["run", str(sweep)], cli_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    df = results.load(store, "tiny")
+    assert len(df) == 9 and df["trial_id"].is_unique
+    assert len(list(results.results_dir(store, "tiny").glob("*.parquet"))) == 9
+    final = snapshot(store, "tiny")
+    assert {k: final[k] for k in first} == first  # rows written before the kill are untouched
+
+
+@pytest.mark.slow
+def test_importing_the_orchestrator_never_imports_torch():
+    code = ("import importlib, pkgutil, sys, orchestrator\n"
+            "for m in pkgutil.walk_packages(orchestrator.__path__, 'orchestrator.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "import orchestrator.cli, workers.registry, workers.config\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,83 @@
+"""The Parquet store: atomic publish, never replaces a row, de-duplicates on load, explicit schema."""
+
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from orchestrator import results
+
+
+def row(trial_id="abc", top1=0.5, minutes=0):
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)
+    return {"sweep": "s", "trial_id": trial_id, "trial_name": "random-hl-ipc1-s0", "selector": "random",
+            "regime": "hl", "ipc": 1, "seed": 0, "top1": top1, "started_at": t, "finished_at": t}
+
+
+def test_write_then_load_round_trips_with_full_schema(tmp_path):
+    assert results.write_row(tmp_path, "s", row())
+    df = results.load(tmp_path, "s")
+    assert list(df.columns) == results.SCHEMA.names
+    assert len(df) == 1 and df.loc[0, "top1"] == 0.5 and pd.isna(df.loc[0, "gpu_name"])
+    # plain pandas reads the folder too (DESIGN.md §6)
+    assert len(pd.read_parquet(tmp_path / "s" / "results")) == 1
+
+
+def test_an_existing_row_is_never_replaced(tmp_path):
+    assert results.write_row(tmp_path, "s", row(top1=0.5))
+    before = (tmp_path / "s" / "results" / "abc.parquet").stat()
+    assert not results.write_row(tmp_path, "s", row(top1=0.9, minutes=5))
+    after = (tmp_path / "s" / "results" / "abc.parquet").stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert results.load(tmp_path, "s").loc[0, "top1"] == 0.5
+    assert [p.name for p in (tmp_path / "s" / "results").iterdir()] == ["abc.parquet"]
+
+
+def test_load_keeps_the_earliest_row_per_trial(tmp_path):
+    results.write_row(tmp_path, "s", row("abc", top1=0.7, minutes=10))
+    # a duplicate under another name (as an object store would hold it): earlier finish wins
+    table = pq.read_table(tmp_path / "s" / "results" / "abc.parquet").to_pylist()[0]
+    table.update(top1=0.1, finished_at=datetime(2025, 1, 1, tzinfo=timezone.utc))
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist([table], schema=results.SCHEMA), tmp_path / "s" / "results" / "abc__2.parquet")
+    results.write_row(tmp_path, "s", row("def", top1=0.3))
+    df = results.load(tmp_path, "s")
+    assert sorted(df["trial_id"]) == ["abc", "def"]
+    assert df.set_index("trial_id").loc["abc", "top1"] == 0.1
+    assert list(results.load(tmp_path, "s", trial_ids={"def"})["trial_id"]) == ["def"]
+
+
+CRASH = r"""
+import os, sys
+from datetime import datetime, timezone
+from orchestrator import results
+real_fsync = os.fsync
+def die(fd):
+    os._exit(9)        # killed after the temporary file is written, before it is published
+os.fsync = die
+results.write_row(sys.argv[1], "s", {"trial_id": "abc", "top1": 0.5,
+                  "finished_at": datetime.now(timezone.utc)})
+"""
+
+
+def test_a_crash_mid_write_leaves_no_readable_partial_row(tmp_path):
+    p = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 9, p.stderr
+    folder = tmp_path / "s" / "results"
+    leftovers = list(folder.iterdir())
+    assert leftovers and all(f.name.startswith(".") for f in leftovers)
+    assert results.load(tmp_path, "s").empty and results.done_ids(tmp_path, "s") == set()
+    assert pd.read_parquet(folder).empty  # hidden names are skipped by plain pandas too
+    assert results.clean_temporaries(tmp_path, "s") == len(leftovers)
+    assert results.write_row(tmp_path, "s", row())
+
+
+def test_failures_are_recorded_and_cleared(tmp_path):
+    results.record_failure(tmp_path, "s", "abc", "n", 2, "ValueError: x", "tb")
+    assert results.previous_attempts(tmp_path, "s", "abc") == 2
+    assert results.failures(tmp_path, "s")["abc"]["error"] == "ValueError: x"
+    results.clear_failure(tmp_path, "s", "abc")
+    assert results.failures(tmp_path, "s") == {}

@@ -1,0 +1,55 @@
+import json
+import multiprocessing as mp
+
+from workers.artifacts import ArtifactStore
+from workers.config import ArtifactKey
+
+
+def _write(tmp, text="hello"):
+    (tmp / "a.txt").write_text(text)
+    return {"note": 1}
+
+
+def test_build_publishes_with_manifest_and_checksums(tmp_path):
+    store = ArtifactStore(tmp_path)
+    key = ArtifactKey.make("subset", {"b": 1, "a": [1, 2]})
+    assert key == ArtifactKey.make("subset", {"a": [1, 2], "b": 1})
+    path = store.build(key, _write)
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["config"] == {"a": [1, 2], "b": 1} and "a.txt" in m["files"] and m["note"] == 1
+    assert store.verify(key)
+    (path / "a.txt").write_text("tampered")
+    assert not store.verify(key)
+
+
+def test_a_failed_build_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    key = ArtifactKey.make("subset", {"x": 1})
+
+    def boom(tmp):
+        (tmp / "half").write_text("x")
+        raise RuntimeError("crash")
+
+    try:
+        store.build(key, boom)
+    except RuntimeError:
+        pass
+    assert not store.exists(key)
+    assert list((tmp_path / "subset").iterdir()) == []
+
+
+def _race(root, text):
+    ArtifactStore(root).build(ArtifactKey.make("subset", {"x": 2}), lambda tmp: _write(tmp, text))
+
+
+def test_concurrent_builders_end_with_one_valid_copy(tmp_path):
+    procs = [mp.get_context("spawn").Process(target=_race, args=(tmp_path, f"v{i}")) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    store = ArtifactStore(tmp_path)
+    key = ArtifactKey.make("subset", {"x": 2})
+    assert store.verify(key)
+    assert [p.name for p in (tmp_path / "subset").iterdir()] == [key.digest]
