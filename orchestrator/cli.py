@@ -13,7 +13,10 @@ EXIT_SPEC = 2
 
 
 def _load(args) -> SweepSpec:
-    return load_spec(args.sweep, storage_override=getattr(args, "storage", None))
+    spec = load_spec(args.sweep, storage_override=getattr(args, "storage", None))
+    for w in spec.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return spec
 
 
 def cmd_validate(args) -> int:

@@ -56,6 +56,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address:
         ray.init(address=address, log_to_driver=False)
     else:  # embedded local cluster; dashboard off (it would bind only 127.0.0.1 if enabled)

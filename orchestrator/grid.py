@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from workers.config import ArtifactKey, TrialConfig
-from workers.registry import requires, stage_deps
+from workers.registry import needs_teacher, requires, stage_deps
 
 from orchestrator.spec import SweepSpec
 
@@ -30,8 +30,10 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
     for seed, ipc, selector, regime in itertools.product(spec.seeds, spec.ipcs, spec.selectors, spec.regimes):
         if _excluded({"selector": selector, "regime": regime, "ipc": ipc, "seed": seed}, spec.exclude):
             continue
+        # The teacher is part of a trial (and of its id) only when the trial uses it.
+        teacher = spec.teacher if needs_teacher(selector, regime) else None
         trials.append(TrialConfig(dataset=spec.dataset, student=spec.student, selector=selector, regime=regime,
-                                  ipc=ipc, seed=seed, budget=spec.budget, train=spec.train))
+                                  ipc=ipc, seed=seed, budget=spec.budget, train=spec.train, teacher=teacher))
     return trials
 
 

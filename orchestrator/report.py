@@ -15,15 +15,28 @@ def current_rows(spec: SweepSpec):
     return results.load(spec.storage, spec.name, trial_ids={t.trial_id for t in expand(spec)})
 
 
+def selector_labels(df):
+    """`el2n_window(offset=0.8)`: a selector's name plus only the options that vary between its rows."""
+    import json
+
+    opts = df["selector_options"].fillna("{}").map(json.loads)
+    labels = df["selector"].copy()
+    for name in df["selector"].unique():
+        rows = df["selector"] == name
+        dicts = list(opts[rows])
+        varying = sorted(k for k in set().union(*dicts) if len({json.dumps(d.get(k)) for d in dicts}) > 1)
+        if varying:
+            labels[rows] = [name + "(" + ",".join(f"{k}={d.get(k)}" for k in varying) + ")" for d in dicts]
+    return labels
+
+
 def accuracy_table(df):
     """Mean and std of last-epoch test top-1 (in %) over seeds, one row per (selector, regime, ipc)."""
     import pandas as pd
 
     if df.empty:
         return pd.DataFrame(columns=["selector", "regime", "ipc", "top1_mean", "top1_std", "seeds"])
-    label = df["selector"].where(df["selector_options"].isin(["{}", None]),
-                                 df["selector"] + df["selector_options"])
-    g = df.assign(selector=label, top1=df["top1"] * 100).groupby(["selector", "regime", "ipc"])["top1"]
+    g = df.assign(selector=selector_labels(df), top1=df["top1"] * 100).groupby(["selector", "regime", "ipc"])["top1"]
     out = g.agg(top1_mean="mean", top1_std="std", seeds="count").reset_index()
     return out.sort_values(["regime", "ipc", "selector"]).reset_index(drop=True)
 

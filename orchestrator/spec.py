@@ -10,16 +10,18 @@ from typing import Any
 
 import yaml
 
-from workers.config import BUDGET_UNITS, BudgetConfig, DatasetConfig, Named, TrainConfig, _frozen_options
-from workers.registry import ARCHS, DATASETS, REGIMES, SELECTORS, describe_dataset, did_you_mean
+from workers.config import (BUDGET_UNITS, BudgetConfig, DatasetConfig, Named, TeacherConfig, TrainConfig,
+                            _frozen_options)
+from workers.registry import ARCHS, DATASETS, REGIMES, SELECTORS, describe_dataset, did_you_mean, needs_teacher
 
 AXES = ("selector", "regime", "ipc", "seed")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STORAGE = "./ddsweep-runs"
-TOP_KEYS = ("name", "storage", "dataset", "student", "budget", "grid", "selectors", "train", "resources", "exclude")
+TOP_KEYS = ("name", "storage", "dataset", "teacher", "student", "budget", "grid", "selectors", "train", "resources",
+            "exclude")
 REQUIRED_TOP = ("name", "dataset", "student", "budget", "grid")
 TRAIN_CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("cosine", "half_cosine", "step", "constant"),
-                 "augment": ("none", "crop", "crop_flip")}
+                 "augment": ("none", "crop", "crop_flip"), "kd_backend": ("online", "stored")}
 
 
 class SpecError(Exception):
@@ -54,6 +56,8 @@ class SweepSpec:
     train: TrainConfig
     resources: Resources
     exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    teacher: TeacherConfig | None = None
+    warnings: tuple[str, ...] = ()
     source: str = ""
 
 
@@ -166,12 +170,52 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     train = _train(c, doc.get("train", {}))
     resources = _resources(c, doc.get("resources", {}))
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
+    teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
+    warnings: list[str] = []
+    if axes:
+        users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].meta.get("needs_teacher")]
+        users += [f"selector {s.name!r}" for s in axes["selector"] if needs_teacher(s, "hl")]
+        if users and "teacher" not in doc:
+            c.err("teacher", f"is required: {', '.join(dict.fromkeys(users))} need a teacher; add e.g. "
+                             "teacher: {arch: convnet, epochs: 30} (trained here) or teacher: {arch: ..., weights: PATH}")
+        soft = [r for r in axes["regime"] if r != "hl"]
+        if soft and train.optimizer == "sgd" and not train.t2_scale:
+            warnings.append(f"train: SGD with soft-label regimes ({', '.join(soft)}) and t2_scale: false divides the "
+                            f"effective learning rate by T^2 = {train.temperature ** 2:g} (METHODS.md §1.4)")
 
     if c.problems:
         raise SpecError(c.problems, source)
     return SweepSpec(name=name, storage=storage, dataset=dataset, student=student, budget=budget,
                      selectors=axes["selector"], regimes=axes["regime"], ipcs=axes["ipc"], seeds=axes["seed"],
-                     train=train, resources=resources, exclude=exclude, source=text)
+                     train=train, resources=resources, exclude=exclude, teacher=teacher,
+                     warnings=tuple(warnings), source=text)
+
+
+TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f != "arch")
+
+
+def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | None:
+    d = c.mapping(value, "teacher", None, ("arch",))
+    if d is None:
+        return None
+    recipe = {k: v for k, v in d.items() if k in TEACHER_KEYS}
+    arch = _named_with_options(c, {k: v for k, v in d.items() if k not in TEACHER_KEYS}, "teacher", ARCHS, "arch")
+    before = len(c.problems)
+    w = recipe.get("weights")
+    if w is not None and (not isinstance(w, str) or not Path(w).is_file()):
+        c.err("teacher.weights", f"{w!r} is not an existing file; give the path of a local state_dict (.pt/.pth)")
+    for key in ("epochs", "batch_size", "seed"):
+        if key in recipe:
+            c.number(recipe[key], f"teacher.{key}", integer=True, minimum=0 if key == "seed" else 1)
+    for key in ("lr", "weight_decay", "min_top1_factor"):
+        if key in recipe and c.number(recipe[key], f"teacher.{key}", minimum=0, exclusive=key == "lr"):
+            recipe[key] = float(recipe[key])
+    for key in ("optimizer", "augment"):
+        if key in recipe and recipe[key] not in TRAIN_CHOICES[key]:
+            c.err(f"teacher.{key}", f"{recipe[key]!r} is not allowed; choose one of {', '.join(TRAIN_CHOICES[key])}")
+    if arch is None or len(c.problems) > before:
+        return None
+    return TeacherConfig(arch=arch, **recipe)
 
 
 def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None]:

@@ -56,9 +56,14 @@ def epoch_batches(n_subset: int, batch: int, images: int) -> Iterator[tuple[int,
         epoch += 1
 
 
-def plan(budget: BudgetConfig, n_subset: int, n_full: int, batch: int) -> BudgetPlan:
+def plan(budget: BudgetConfig, n_subset: int, n_full: int, batch: int, n_data: int | None = None) -> BudgetPlan:
+    """`n_subset` sets the budget (IPC x C); `n_data` is what is actually trained on, when it differs
+    (the `full` selector trains on all N images with the budget of the IPC it is paired with)."""
+    n_data = n_data or n_subset
     images = target_images(budget, n_subset, n_full, batch)
-    per_epoch = math.ceil(n_subset / batch)
-    full, rest = divmod(images, n_subset)
+    if budget.unit == "steps":
+        images = target_images(budget, n_data, n_full, batch)
+    per_epoch = math.ceil(n_data / batch)
+    full, rest = divmod(images, n_data)
     steps = full * per_epoch + math.ceil(rest / batch)
-    return BudgetPlan(images, steps, images / n_subset, images / n_full, n_subset, n_full)
+    return BudgetPlan(images, steps, images / n_data, images / n_full, n_data, n_full)

@@ -87,9 +87,39 @@ class TrainConfig:
     t2_scale: bool = False
     augment: str = "crop"
     eval_points: int = 4
+    kd_backend: str = "online"
+    kd_topk: int = 0
+    kd_min_scale: float = 0.08
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """A teacher: loaded from a local weights file, or trained on the full train split with this recipe."""
+
+    arch: Named
+    weights: str | None = None
+    epochs: int = 30
+    optimizer: str = "adamw"
+    lr: float = 0.003
+    weight_decay: float = 0.0005
+    batch_size: int = 64
+    augment: str = "crop"
+    seed: int = 0
+    min_top1_factor: float = 5.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arch"] = self.arch.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "TeacherConfig":
+        d = dict(d)
+        arch = d.pop("arch")
+        return cls(arch=Named.make(arch["name"], arch.get("options")), **d)
 
 
 @dataclass(frozen=True)
@@ -104,7 +134,7 @@ class TrialConfig:
     seed: int
     budget: BudgetConfig
     train: TrainConfig = field(default_factory=TrainConfig)
-    teacher: Named | None = None
+    teacher: TeacherConfig | None = None  # present only when the trial uses it (soft labels, teacher features)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,7 +172,7 @@ class TrialConfig:
             seed=int(d["seed"]),
             budget=BudgetConfig(unit=d["budget"]["unit"], value=d["budget"]["value"]),
             train=TrainConfig(**d.get("train", {})),
-            teacher=Named.make(d["teacher"]["name"], d["teacher"].get("options")) if d.get("teacher") else None,
+            teacher=TeacherConfig.from_json(d["teacher"]) if d.get("teacher") else None,
         )
 
 

@@ -12,7 +12,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from workers.config import ArtifactKey, TrialConfig, canonical_json
+from workers.config import (ArtifactKey, DatasetConfig, Named, TeacherConfig, TrainConfig, TrialConfig,
+                            canonical_json)
 
 
 @dataclass(frozen=True)
@@ -147,36 +148,138 @@ ARCHS.declare(
 
 # ---------------------------------------------------------------- regimes
 REGIMES.declare("hl", "hard labels: cross-entropy on one-hot targets, no teacher", "workers.regimes:hl")
-
+REGIMES.declare("sl", "one fixed teacher soft label per image (clean view), reused for every augmented view",
+                "workers.regimes:sl", needs_teacher=True)
+REGIMES.declare("sl_kd", "a fresh teacher soft label for every RRC+flip+CutMix view (train.kd_backend: online "
+                "| stored)", "workers.regimes:sl_kd", needs_teacher=True)
 
 # ---------------------------------------------------------------- selectors
+# meta: inputs = stages the selection reads ("features": teacher penultimate features;
+# "dynamics": full-data HL runs of the student arch), epochs_option = the option giving the run length.
+_RUNS = Option(10, int, "independent full-data runs averaged (METHODS.md §4.4: 10)", min=1)
+_EPOCH = Option(20, int, "full-data epochs of the scoring runs (METHODS.md §4.4: 20)", min=1)
+_DYN_EPOCHS = Option(30, int, "full-data epochs of the one scoring run", min=2)
+
+SELECTORS.declare("random", "IPC images per class drawn uniformly without replacement, seeded per (seed, class)",
+                  "workers.selectors.random:select")
+SELECTORS.declare("full", "the whole train split, trained with the budget of the IPC it is paired with",
+                  "workers.selectors.full:select", balanced=False)
+SELECTORS.declare("herding", "herding on teacher features (argmin convention): keeps prototypical images",
+                  "workers.selectors.geometric:herding", inputs=("features",))
+SELECTORS.declare("kcenter", "greedy farthest-point k-center on teacher features: keeps coverage (outliers)",
+                  "workers.selectors.geometric:kcenter",
+                  {"first": Option("random", str, "first centre", choices=("random", "medoid"))}, inputs=("features",))
+SELECTORS.declare("kmeans_medoid", "per class k-means (k = IPC) on teacher features, nearest real image to "
+                  "each centroid", "workers.selectors.geometric:kmeans_medoid",
+                  {"iters": Option(50, int, "Lloyd iterations at most", min=1)}, inputs=("features",))
+SELECTORS.declare("el2n", "highest EL2N (hardest): mean ||p - e_y|| over runs at an early epoch",
+                  "workers.selectors.scored:el2n", {"runs": _RUNS, "epoch": _EPOCH},
+                  inputs=("dynamics",), epochs_option="epoch")
+SELECTORS.declare("el2n_easy", "lowest EL2N (easiest)", "workers.selectors.scored:el2n_easy",
+                  {"runs": _RUNS, "epoch": _EPOCH}, inputs=("dynamics",), epochs_option="epoch")
+SELECTORS.declare("el2n_window", "EL2N-Best: IPC consecutive images per class at offset (0 hardest, 1 easiest)",
+                  "workers.selectors.scored:el2n_window",
+                  {"offset": Option(0.5, float, "window offset in [0, 1]", min=0.0, max=1.0),
+                   "runs": _RUNS, "epoch": _EPOCH}, inputs=("dynamics",), epochs_option="epoch")
+SELECTORS.declare("grand", "highest GraNd: last-layer gradient norm near initialisation, mean over runs",
+                  "workers.selectors.scored:grand",
+                  {"runs": _RUNS, "epoch": Option(0, int, "epoch of the score (0 = at init)", min=0)},
+                  inputs=("dynamics",), epochs_option="epoch")
+SELECTORS.declare("forgetting", "most forgetting events in one full-data run (never learned first)",
+                  "workers.selectors.scored:forgetting", {"epochs": _DYN_EPOCHS},
+                  inputs=("dynamics",), epochs_option="epochs")
+SELECTORS.declare("forgetting_easy", "fewest forgetting events (Forgetting-Easy)",
+                  "workers.selectors.scored:forgetting_easy", {"epochs": _DYN_EPOCHS},
+                  inputs=("dynamics",), epochs_option="epochs")
+SELECTORS.declare("ccs", "coverage-centric: drop the hardest by AUM, stratified sampling over the score range",
+                  "workers.selectors.scored:ccs",
+                  {"epochs": _DYN_EPOCHS, "hard_drop": Option(0.3, float, "hardest fraction dropped", min=0.0, max=0.99),
+                   "strata": Option(50, int, "equal-width score strata", min=1)},
+                  inputs=("dynamics",), epochs_option="epochs")
+SELECTORS.declare("d2", "D2-Pruning: EL2N difficulty passed over a kNN graph of teacher features",
+                  "workers.selectors.geometric:d2",
+                  {"epochs": _DYN_EPOCHS, "k": Option(5, int, "neighbours", min=0),
+                   "gamma_f": Option(1.0, float, "forward decay", min=0.0),
+                   "gamma_r": Option(0.1, float, "reverse decay", min=0.0)},
+                  inputs=("features", "dynamics"), epochs_option="epochs")
+SELECTORS.declare("dyn_unc", "dynamic uncertainty: mean over J-epoch windows of std(p_y); keeps the highest",
+                  "workers.selectors.scored:dyn_unc",
+                  {"epochs": _DYN_EPOCHS, "J": Option(10, int, "window length in epochs", min=2)},
+                  inputs=("dynamics",), epochs_option="epochs")
+
+# ---------------------------------------------------------------- stage kinds
+STAGES.declare("subset", "class-balanced training subset chosen by a selector (indices into train)",
+               "workers.stages:build_subset")
+STAGES.declare("teacher", "a teacher network trained on the full train split or loaded from a weights file",
+               "workers.teacher:build_teacher")
+STAGES.declare("features", "teacher penultimate features of every train image (float16)",
+               "workers.teacher:build_features")
+STAGES.declare("dynamics", "one full-data HL run recording per-sample training dynamics (K x N float16)",
+               "workers.scores.recording:build_dynamics")
+
+
+# ---------------------------------------------------------------- artifact keys and requirements
+def teacher_key(dataset: DatasetConfig, teacher: TeacherConfig) -> ArtifactKey:
+    return ArtifactKey.make("teacher", {"dataset": dataset.to_json(), "teacher": teacher.to_json()})
+
+
+def features_key(tkey: ArtifactKey) -> ArtifactKey:
+    return ArtifactKey.make("features", {"teacher": tkey.cfg})
+
+
+def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int) -> ArtifactKey:
+    r = recipe
+    return ArtifactKey.make("dynamics", {
+        "dataset": dataset.to_json(), "arch": arch.to_json(), "epochs": int(epochs), "run": int(run),
+        "recipe": {"optimizer": r.optimizer, "lr": r.lr, "weight_decay": r.weight_decay, "momentum": r.momentum,
+                   "batch_size": r.batch_size, "augment": r.augment, "schedule": r.schedule}})
+
+
+def needs_teacher(selector: Named, regime: str) -> bool:
+    return bool(REGIMES[regime].meta.get("needs_teacher")) or "features" in SELECTORS[selector.name].meta.get("inputs", ())
+
+
+def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
+    meta = SELECTORS[trial.selector.name].meta
+    keys = []
+    if "features" in meta.get("inputs", ()):
+        if trial.teacher is None:
+            raise ValueError(f"selector {trial.selector.name} needs a teacher; the trial has none")
+        keys.append(features_key(teacher_key(trial.dataset, trial.teacher)))
+    if "dynamics" in meta.get("inputs", ()):
+        opts = trial.selector.opts
+        epochs = opts[meta["epochs_option"]]
+        keys += [dynamics_key(trial.dataset, trial.student, trial.train, epochs, run)
+                 for run in range(opts.get("runs", 1))]
+    return keys
+
+
 def subset_key(trial: TrialConfig) -> ArtifactKey:
-    """The training images of a trial: never depends on the regime, the student or the budget."""
+    """The training images of a trial: never depends on the regime, nor on what the selector does not read."""
     return ArtifactKey.make("subset", {
         "dataset": trial.dataset.to_json(),
         "selector": trial.selector.to_json(),
         "ipc": trial.ipc,
         "seed": trial.seed,
+        "inputs": [{"kind": k.kind, "config": k.cfg} for k in selector_inputs(trial)],
     })
-
-
-SELECTORS.declare(
-    "random", "IPC images per class drawn uniformly without replacement, seeded per (seed, class)",
-    "workers.selectors.random:select",
-)
-
-# ---------------------------------------------------------------- stage kinds
-STAGES.declare("subset", "class-balanced training subset chosen by a selector (indices into train)",
-               "workers.stages:build_subset")
 
 
 def requires(trial: TrialConfig) -> list[ArtifactKey]:
     """Artifacts a trial needs before it starts (DESIGN.md §5 step 2)."""
-    return [subset_key(trial)]
+    keys = [subset_key(trial)]
+    if trial.teacher is not None:
+        keys.append(teacher_key(trial.dataset, trial.teacher))
+    return keys
 
 
 def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
     """Artifacts a stage needs before it can be built; the driver builds in dependency order."""
+    cfg = key.cfg
+    if key.kind == "subset":
+        return [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])]
+    if key.kind == "features":
+        return [ArtifactKey.make("teacher", cfg["teacher"])]
     return []
 
 

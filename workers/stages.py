@@ -22,12 +22,32 @@ def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str,
     cfg = key.cfg
     splits = load_splits(cfg["dataset"])
     sel = Named.make(cfg["selector"]["name"], cfg["selector"]["options"])
+    inputs = stage_deps(key)
+    features = [k for k in inputs if k.kind == "features"]
+    runs = [k for k in inputs if k.kind == "dynamics"]
+    for k in inputs:
+        check_classes(k, store, splits.class_names)
+
+    def dynamics(name: str) -> np.ndarray:
+        return np.stack([np.load(store.path(k) / f"{name}.npy") for k in runs])
+
     ctx = SelectContext(labels=splits.train_y, num_classes=splits.num_classes, ipc=cfg["ipc"],
-                        seed=cfg["seed"], selector=sel)
+                        seed=cfg["seed"], selector=sel,
+                        features=(lambda: np.load(store.path(features[0]) / "features.npy").astype(np.float32))
+                        if features else None,
+                        dynamics=dynamics if runs else None)
     idx = np.asarray(SELECTORS[sel.name].load()(ctx), dtype=np.int64)
-    check_balanced(idx, splits.train_y, splits.num_classes, cfg["ipc"], sel.name)
+    if SELECTORS[sel.name].meta.get("balanced", True):
+        check_balanced(idx, splits.train_y, splits.num_classes, cfg["ipc"], sel.name)
     np.save(out / "indices.npy", idx)
     return {"class_names": list(splits.class_names), "n": int(len(idx))}
+
+
+def check_classes(key: ArtifactKey, store: ArtifactStore, class_names) -> None:
+    """Every artifact records its class list; using one built for another class order is an error (METHODS §3)."""
+    got = (store.manifest(key) or {}).get("class_names")
+    if got != list(class_names):
+        raise RuntimeError(f"artifact {key} was built for classes {got}, the data set has {list(class_names)}")
 
 
 def check_balanced(idx: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, who: str) -> None:

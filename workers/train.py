@@ -43,25 +43,6 @@ def channel_stats(x_uint8, device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.to(device), std.to(device)
 
 
-# ------------------------------------------------------------------ augmentation
-def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """`crop`: random translation by up to side/8 px with zero padding; `crop_flip` adds h-flips."""
-    if kind == "none":
-        return x
-    b, c, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=gen.device).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=gen.device).to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = padded[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
-    if kind == "crop_flip":
-        flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out
-
-
 # ------------------------------------------------------------------ optimiser and schedule
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
@@ -144,9 +125,10 @@ class Checkpointer:
 
 
 # ------------------------------------------------------------------ the loop
-def train(model: nn.Module, regime: Regime, train_data: Tensors, ids: torch.Tensor, cfg: TrainConfig,
+def train(model: nn.Module, regime: Regime, train_data: Tensors, cfg: TrainConfig,
           plan: BudgetPlan, seed: int, evals: dict[str, Tensors], checkpointer: Checkpointer,
-          progress: Callable[[dict], None] | None = None) -> dict:
+          progress: Callable[[dict], None] | None = None,
+          on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> dict:
     """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations."""
     device = train_data.x.device
     opt = make_optimizer(model, cfg)
@@ -158,6 +140,7 @@ def train(model: nn.Module, regime: Regime, train_data: Tensors, ids: torch.Tens
     history: list[dict] = []
     start_epoch, images_seen, steps, train_seconds = 0, 0, 0, 0.0
 
+    regime.prepare(train_data, len(epochs))
     resumed = checkpointer.load()
     if resumed is not None:
         model.load_state_dict(resumed["model"])
@@ -177,8 +160,7 @@ def train(model: nn.Module, regime: Regime, train_data: Tensors, ids: torch.Tens
         for size in sizes:
             idx = order[pos:pos + size]
             pos += size
-            x = augment(train_data.float_batch(idx), cfg.augment, aug_gen)
-            loss = regime.loss(model, x, ids[idx], train_data.y[idx])
+            loss = regime.loss(model, train_data, idx, epoch, aug_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,6 +168,8 @@ def train(model: nn.Module, regime: Regime, train_data: Tensors, ids: torch.Tens
             steps += 1
             images_seen += size
         train_seconds += time.perf_counter() - t0
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
         if epoch in eval_epochs:
             row = {"epoch": epoch + 1, "images_seen": images_seen, "train_loss": float(loss.item())}
             for split, data in evals.items():

@@ -51,7 +51,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     from workers import models, stages
     from workers.artifacts import ArtifactStore
     from workers.budget import plan as budget_plan
-    from workers.registry import REGIMES, requires, subset_key
+    from workers.registry import REGIMES, requires, subset_key, teacher_key
     from workers.train import Checkpointer, Tensors, channel_stats, train
 
     t_start = time.time()
@@ -69,10 +69,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     select_seconds = time.perf_counter() - t0
 
     splits = stages.load_splits(config.dataset.to_json())
-    manifest = store.manifest(skey) or {}
-    if manifest.get("class_names") != list(splits.class_names):
-        raise RuntimeError(f"subset {skey} was built for classes {manifest.get('class_names')}, "
-                           f"data set has {list(splits.class_names)}")
+    stages.check_classes(skey, store, splits.class_names)
     mean, std = channel_stats(splits.train_x, device)
 
     def tensors(x, y) -> Tensors:
@@ -80,25 +77,29 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
                        torch.as_tensor(y).to(device), mean, std)
 
     train_data = tensors(splits.train_x[idx], splits.train_y[idx])
-    ids = torch.as_tensor(idx).to(device)
     evals = {"test": tensors(splits.test_x, splits.test_y), "minival": tensors(splits.minival_x, splits.minival_y)}
 
-    plan = budget_plan(config.budget, n_subset=len(idx), n_full=len(splits.train_y),
-                       batch=config.train.batch_size)
+    plan = budget_plan(config.budget, n_subset=config.ipc * splits.num_classes, n_full=len(splits.train_y),
+                       batch=config.train.batch_size, n_data=len(idx))
     model = models.build(config.student.name, config.student.opts, splits.num_classes, splits.image_shape,
                          config.seed).to(device)
-    regime = REGIMES[config.regime].load()()
+    teacher = None
+    if config.teacher is not None:
+        from workers.teacher import load_teacher
+
+        teacher = load_teacher(teacher_key(config.dataset, config.teacher), store, device)
+    regime = REGIMES[config.regime].load()(config.train, config.seed, teacher)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    result = train(model, regime, train_data, ids, config.train, plan, config.seed, evals,
+    result = train(model, regime, train_data, config.train, plan, config.seed, evals,
                    Checkpointer(ctx.checkpoint_dir, ctx.checkpoint_interval_s), progress=ctx.report)
     final = result["history"][-1]
     return {
         "subset_key": skey.digest,
         "dataset": config.dataset.name,
         "student_arch": config.student.name,
-        "teacher_arch": config.teacher.name if config.teacher else None,
+        "teacher_arch": config.teacher.arch.name if config.teacher else None,
         **plan.to_json(),
         "top1": final["test_top1"], "top5": final["test_top5"], "loss": final["test_loss"],
         "best_top1": max(h["test_top1"] for h in result["history"]),

@@ -23,11 +23,21 @@ class SelectContext:
     ipc: int
     seed: int
     selector: Named
-    artifacts: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    features: Callable[[], np.ndarray] | None = None        # teacher penultimate features, N x D
+    dynamics: Callable[[str], np.ndarray] | None = None     # name -> runs x (epochs+1) x N (or runs x epochs x N)
 
     @property
     def opts(self) -> dict[str, Any]:
         return self.selector.opts
+
+    def per_class(self, pick: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+        """Run pick(candidate train indices of class c, c) -> positions within them; return sorted indices."""
+        out = []
+        for c in range(self.num_classes):
+            idx = self.class_indices(c)
+            pos = np.asarray(pick(idx, c), dtype=np.int64)
+            out.append(idx[pos])
+        return np.sort(np.concatenate(out))
 
     def class_indices(self, c: int) -> np.ndarray:
         idx = np.flatnonzero(self.labels == c)
