@@ -1,0 +1,279 @@
+"""Known-answer tests for workers.scores.dynamics (METHODS.md §4.4–4.7, §4.9, §4.11), against brute-force references written here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from workers.scores import dynamics as dyn
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _random_probs(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 3.0) -> np.ndarray:
+    return _softmax(scale * rng.standard_normal(shape))
+
+
+# ---------------------------------------------------------------------------------------------------- EL2N (§4.4)
+
+
+def test_el2n_matches_loop_and_range():
+    rng = np.random.default_rng(0)
+    m, n, c = 3, 40, 7
+    p = _random_probs(rng, (m, n, c))
+    y = rng.integers(0, c, n)
+    ref = np.zeros(n)
+    for i in range(n):
+        for r in range(m):
+            e = np.zeros(c)
+            e[y[i]] = 1.0
+            ref[i] += math.sqrt(sum((p[r, i, j] - e[j]) ** 2 for j in range(c))) / m
+    got = dyn.el2n(p, y)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    assert (got >= 0).all() and (got <= math.sqrt(2) + 1e-12).all()
+    # one run given as 2-D equals the (1, N, C) form
+    np.testing.assert_allclose(dyn.el2n(p[0], y), dyn.el2n(p[:1], y))
+    # extremes: exactly right -> 0; all mass on a wrong class -> sqrt(2)
+    onehot = np.eye(c)[y]
+    np.testing.assert_allclose(dyn.el2n(onehot, y), 0.0, atol=0)
+    wrong = np.eye(c)[(y + 1) % c]
+    np.testing.assert_allclose(dyn.el2n(wrong, y), math.sqrt(2), rtol=1e-15)
+
+
+def test_el2n_two_classes_closed_form_and_float16():
+    rng = np.random.default_rng(1)
+    n = 50
+    py = rng.uniform(0, 1, n)
+    y = rng.integers(0, 2, n)
+    p = np.empty((n, 2))
+    p[np.arange(n), y] = py
+    p[np.arange(n), 1 - y] = 1 - py
+    np.testing.assert_allclose(dyn.el2n(p, y), math.sqrt(2) * (1 - py), rtol=1e-12, atol=1e-14)
+    got16 = dyn.el2n(p.astype(np.float16), y)
+    assert got16.dtype == np.float64
+    np.testing.assert_allclose(got16, math.sqrt(2) * (1 - py), atol=2e-3)
+
+
+def test_el2n_flipped_labels_fill_top():
+    # Toy: 10 Gaussian classes, 5% labels flipped; "models" = nearest-class-mean classifiers fitted on the noisy
+    # labels at three temperatures (three runs). Flipped samples disagree with the model, so EL2N ranks them top.
+    rng = np.random.default_rng(2)
+    n, c, d = 2000, 10, 16
+    true = rng.integers(0, c, n)
+    means = 4.0 * rng.standard_normal((c, d))
+    x = means[true] + rng.standard_normal((n, d))
+    y = true.copy()
+    flip = rng.choice(n, size=n // 20, replace=False)
+    y[flip] = (true[flip] + rng.integers(1, c, len(flip))) % c
+    mu = np.stack([x[y == k].mean(axis=0) for k in range(c)])
+    d2 = ((x[:, None, :] - mu[None]) ** 2).sum(-1)
+    probs = np.stack([_softmax(-d2 / t) for t in (4.0, 8.0, 16.0)])
+    score = dyn.el2n(probs, y)
+    top = np.argsort(-score)[: len(flip)]
+    frac = np.isin(top, flip).mean()
+    assert frac >= 0.9, frac
+
+
+# ---------------------------------------------------------------------------------------------------- GraNd (§4.5)
+
+
+def _ce_loss(w: np.ndarray, b: np.ndarray, phi: np.ndarray, y: int) -> float:
+    z = w @ phi + b
+    z = z - z.max()
+    return float(-(z[y] - math.log(np.exp(z).sum())))
+
+
+def test_grand_closed_form_equals_finite_difference_gradient():
+    rng = np.random.default_rng(3)
+    n, c, d = 6, 4, 5
+    w = rng.standard_normal((c, d))
+    b = rng.standard_normal(c)
+    phi = rng.standard_normal((n, d))
+    y = rng.integers(0, c, n)
+    probs = _softmax(phi @ w.T + b)
+    got = dyn.grand_last_layer(probs, y, phi)
+    h = 1e-6
+    for i in range(n):
+        gw = np.zeros_like(w)
+        for a in range(c):
+            for k in range(d):
+                wp, wm = w.copy(), w.copy()
+                wp[a, k] += h
+                wm[a, k] -= h
+                gw[a, k] = (_ce_loss(wp, b, phi[i], y[i]) - _ce_loss(wm, b, phi[i], y[i])) / (2 * h)
+        gb = np.zeros_like(b)
+        for a in range(c):
+            bp, bm = b.copy(), b.copy()
+            bp[a] += h
+            bm[a] -= h
+            gb[a] = (_ce_loss(w, bp, phi[i], y[i]) - _ce_loss(w, bm, phi[i], y[i])) / (2 * h)
+        ref = math.sqrt((gw**2).sum() + (gb**2).sum())
+        assert got[i] == pytest.approx(ref, rel=1e-6)
+
+
+def test_grand_runs_average_and_batch_order_invariance():
+    rng = np.random.default_rng(4)
+    m, n, c, d = 3, 30, 5, 8
+    probs = _random_probs(rng, (m, n, c))
+    feats = rng.standard_normal((m, n, d)).astype(np.float16)
+    y = rng.integers(0, c, n)
+    full = dyn.grand_last_layer(probs, y, feats)
+    per_run = [dyn.grand_last_layer(probs[r], y, feats[r]) for r in range(m)]
+    np.testing.assert_allclose(full, np.mean(per_run, axis=0), rtol=1e-12)
+    # any split into "batches" and any order give the same per-sample scores
+    perm = rng.permutation(n)
+    np.testing.assert_allclose(dyn.grand_last_layer(probs[:, perm], y[perm], feats[:, perm]), full[perm], rtol=1e-12)
+    halves = np.concatenate(
+        [dyn.grand_last_layer(probs[:, :7], y[:7], feats[:, :7]), dyn.grand_last_layer(probs[:, 7:], y[7:], feats[:, 7:])]
+    )
+    np.testing.assert_allclose(halves, full, rtol=1e-12)
+    with pytest.raises(ValueError):
+        dyn.grand_last_layer(probs, y, feats[:, :-1])
+
+
+# ---------------------------------------------------------------------------------------------------- forgetting (§4.6)
+
+
+def test_forgetting_cases():
+    cases = np.array([[0, 1, 0, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1], [1, 0, 0, 0, 0]], bool).T
+    got = dyn.forgetting(cases)
+    np.testing.assert_array_equal(got, [1, 0, 6, 2, 1])
+    np.testing.assert_array_equal(dyn.forgetting(np.array([[1], [1], [1]], bool)), [0])
+    never = dyn.forgetting(np.array([[0], [0], [0]], bool))
+    assert never[0] == 4
+    # never-learned ranks above any possible count
+    rng = np.random.default_rng(5)
+    corr = rng.random((9, 200)) < 0.5
+    corr[:, :3] = False
+    f = dyn.forgetting(corr)
+    assert (f[:3] > f[3:].max()).all()
+    # brute force count
+    for i in range(3, 200):
+        ref = sum(1 for k in range(8) if corr[k, i] and not corr[k + 1, i])
+        assert f[i] == ref
+
+
+# ---------------------------------------------------------------------------------------------------- AUM (§4.7)
+
+
+def test_aum_brute_force():
+    rng = np.random.default_rng(6)
+    k, n, c = 4, 25, 6
+    p = _random_probs(rng, (k, n, c)).astype(np.float16)
+    y = rng.integers(0, c, n)
+    ref = np.zeros(n)
+    pf = p.astype(np.float64)
+    for e in range(k):
+        for i in range(n):
+            ref[i] += pf[e, i, y[i]] - max(pf[e, i, j] for j in range(c) if j != y[i])
+    np.testing.assert_allclose(dyn.aum(p, y), ref, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------- dyn_unc (§4.9)
+
+
+def test_window_std_brute_force():
+    rng = np.random.default_rng(7)
+    p = rng.random((9, 11)).astype(np.float16)
+    u = dyn.window_std(p, 4)
+    assert u.shape == (6, 11)
+    pf = p.astype(np.float64)
+    for k in range(6):
+        for i in range(11):
+            w = pf[k : k + 4, i]
+            ref = math.sqrt(((w - w.mean()) ** 2).sum() / 3)
+            assert u[k, i] == pytest.approx(ref, abs=1e-12)
+    with pytest.raises(ValueError):
+        dyn.window_std(p, 10)
+    with pytest.raises(ValueError):
+        dyn.window_std(p, 1)
+
+
+def test_dyn_unc_constant_and_late_moving():
+    k = 8
+    p = np.full((k, 3), 0.2)
+    p[:, 1] = [0.2] * 6 + [0.5, 0.8]  # moves only in epochs 6, 7
+    p[:, 2] = 0.7
+    u = dyn.window_std(p, 3)  # windows start 0..5
+    assert (u[:, 0] == 0).all() and (u[:, 2] == 0).all()
+    # windows 0..3 do not reach epoch 6: zero. window 4 = (0.2, 0.2, 0.5): devs (-.1, -.1, .2) -> sqrt(0.06/2)
+    # window 5 = (0.2, 0.5, 0.8): std 0.3
+    np.testing.assert_allclose(u[:4, 1], 0.0, atol=1e-15)
+    assert u[4, 1] == pytest.approx(math.sqrt(0.03), abs=1e-12)
+    assert u[5, 1] == pytest.approx(0.3, abs=1e-12)
+    got = dyn.dyn_unc(p, J=3)
+    np.testing.assert_array_equal(got[[0, 2]], 0.0)
+    assert got[1] == pytest.approx((math.sqrt(0.03) + 0.3) / 6, abs=1e-12)
+    np.testing.assert_allclose(got, u.mean(axis=0))
+
+
+# ---------------------------------------------------------------------------------------------------- CAD (§4.11, §2.4)
+
+
+def test_cad_hand_computed_windows_literal_and_shift():
+    # K = 6, J = 3, W = 2: windows start 0..3. Literal: U[1:3] (epochs 1-3, 2-4). Shift: U[2:4] (epochs 2-4, 3-5).
+    p = np.zeros((6, 3))
+    p[:, 0] = [0, 0, 0, 0, 0, 0.6]  # moves only at the final epoch, which the literal reading never sees
+    p[:, 1] = [0, 0, 0, 0.3, 0.3, 0.3]  # step at epoch 3
+    p[:, 2] = [0.1, 0.4, 0.1, 0.4, 0.1, 0.4]
+    lit = dyn.cad(p, J=3, W=2)
+    sh = dyn.cad(p, J=3, W=2, shift=True)
+    # sample 0: U = (0, 0, 0, std(0,0,.6) = sqrt(.12))
+    assert lit[0] == 0.0
+    assert sh[0] == pytest.approx(math.sqrt(0.12) / 2, abs=1e-12)
+    # sample 1: U1 = std(0,0,.3) = sqrt(.03), U2 = std(0,.3,.3) = sqrt(.03), U3 = 0
+    assert lit[1] == pytest.approx(math.sqrt(0.03), abs=1e-12)
+    assert sh[1] == pytest.approx(math.sqrt(0.03) / 2, abs=1e-12)
+    # sample 2: every window is (a, b, a) with |a - b| = .3: std = sqrt(2 * .01 + .04) / sqrt(2) = sqrt(.03)
+    assert lit[2] == pytest.approx(math.sqrt(0.03), abs=1e-12)
+    assert sh[2] == pytest.approx(math.sqrt(0.03), abs=1e-12)
+    u = dyn.window_std(p, 3)
+    np.testing.assert_allclose(lit, u[1:3].mean(axis=0))
+    np.testing.assert_allclose(sh, u[2:4].mean(axis=0))
+
+
+def test_cad_needs_k_at_least_j_plus_w():
+    p = np.random.default_rng(8).random((7, 4)).astype(np.float16)
+    dyn.cad(p, J=5, W=2)  # K == J + W is fine
+    with pytest.raises(ValueError, match=r"K=7.*J=6.*W=2"):
+        dyn.cad(p, J=6, W=2)
+    with pytest.raises(ValueError):
+        dyn.cad(p, J=3, W=0)
+
+
+def test_cad_uses_true_class_probability_not_el2n():
+    # METHODS §4.11: C = 3, p_y fixed at 0.5, off-class mass alternating (0.5, 0) / (0.25, 0.25).
+    k, j, w = 8, 4, 2
+    probs = np.array([[0.5, 0.5, 0.0] if e % 2 == 0 else [0.5, 0.25, 0.25] for e in range(k)])[:, None, :]
+    y = np.array([0])
+    p_true = probs[:, np.arange(1), y]
+    assert (dyn.cad(p_true, j, w) == 0).all()
+    assert (dyn.cad(p_true, j, w, shift=True) == 0).all()
+    el2n_traj = np.stack([dyn.el2n(probs[e], y) for e in range(k)])  # sqrt(.5) vs sqrt(.375), alternating
+    assert dyn.cad(el2n_traj, j, w)[0] > 0.04
+
+
+def test_cad_epochs_cifar100_and_rounding():
+    assert [dyn.cad_epochs(300, ipc, 100, 50000) for ipc in (10, 50, 100)] == [6, 30, 60]
+    assert dyn.cad_epochs(300, 10, 200, 100000) == 6  # TinyImageNet
+    assert dyn.cad_epochs(300, 10, 1000, 1281167) == 2
+    assert dyn.cad_epochs(1, 5, 1, 2) == 3  # 2.5 rounds half up
+    assert isinstance(dyn.cad_epochs(300, 10, 100, 50000), int)
+
+
+def test_no_torch_import():
+    import ast
+    import pathlib
+
+    src = pathlib.Path(dyn.__file__).read_text()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            assert all(not a.name.startswith("torch") for a in node.names)
+        if isinstance(node, ast.ImportFrom):
+            assert not (node.module or "").startswith("torch")

@@ -1,0 +1,1 @@
+"""Per-sample scores computed from stored training dynamics (probabilities, correctness, features); numpy only."""
