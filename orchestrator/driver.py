@@ -82,17 +82,21 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
 
     t0 = time.time()
     _say(f"building {len(keys)} shared stage(s)")
-    # Dependencies come first in `keys` (grid.stages_for); stages with deps are built after the rest.
+    # Build in dependency levels (teacher, then features, then subsets ...); each level in parallel.
     from workers.registry import stage_deps
 
-    roots = [k for k in keys if not stage_deps(k)]
-    rest = [k for k in keys if stage_deps(k)]
-    for batch in (roots, rest):
+    level: dict[ArtifactKey, int] = {}
+    for k in keys:  # grid.stages_for lists dependencies before dependants
+        level[k] = 1 + max((level.get(d, 0) for d in stage_deps(k)), default=0)
+    done = 0
+    for lv in sorted(set(level.values())):
+        batch = [k for k in keys if level[k] == lv]
         refs = [build_one.remote(k.kind, k.config_json, artifacts_root) for k in batch]
         for i, ref in enumerate(refs, 1):
             ray.get(ref)
-            if i == len(refs) or i % 10 == 0:
-                _say(f"  stages built: {i}/{len(refs)}")
+            done += 1
+            if i == len(refs) or i % 25 == 0:
+                _say(f"  stages built: {done}/{len(keys)} ({batch[0].kind} level {lv})")
     _say(f"stages ready in {time.time() - t0:.1f}s")
 
 

@@ -153,3 +153,23 @@ def clean_temporaries(storage, sweep: str) -> int:
             f.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def best_window(df, selector: str = "el2n_window", option: str = "offset", by=("dataset", "ipc", "regime")):
+    """EL2N-Best (METHODS.md §4.10): per (data set, IPC, regime) the window offset with the best mean
+    **minival** top-1 over seeds; its mean test top-1 is reported beside it and never used to choose.
+    Ties go to the smaller offset. Returns one row per group: by..., offset, minival_top1, top1, seeds,
+    candidates (how many offsets were compared)."""
+    import pandas as pd
+
+    rows = df[df["selector"] == selector].copy()
+    cols = [*by, option, "minival_top1", "top1", "seeds", "candidates"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    rows[option] = rows["selector_options"].map(lambda s: json.loads(s)[option])
+    g = rows.groupby([*by, option]).agg(minival_top1=("minival_top1", "mean"), top1=("top1", "mean"),
+                                         seeds=("seed", "nunique")).reset_index()
+    g = g.sort_values([*by, "minival_top1", option], ascending=[True] * len(by) + [False, True])
+    best = g.groupby(list(by), sort=True).head(1).copy()
+    best["candidates"] = g.groupby(list(by))[option].transform("count").loc[best.index]
+    return best[cols].reset_index(drop=True)

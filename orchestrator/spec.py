@@ -171,6 +171,8 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     resources = _resources(c, doc.get("resources", {}))
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
     teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
+    if axes and dataset and budget and student:
+        _selector_rules(c, axes, dataset, student, budget, train)
     warnings: list[str] = []
     if axes:
         users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].meta.get("needs_teacher")]
@@ -189,6 +191,20 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
                      selectors=axes["selector"], regimes=axes["regime"], ipcs=axes["ipc"], seeds=axes["seed"],
                      train=train, resources=resources, exclude=exclude, teacher=teacher,
                      warnings=tuple(warnings), source=text)
+
+
+def _selector_rules(c: _Checker, axes: dict, dataset, student, budget, train) -> None:
+    """Method-specific checks that need the whole trial (e.g. CAD's K >= J + W at every IPC)."""
+    from workers.config import TrialConfig
+
+    for i, sel in enumerate(axes["selector"]):
+        rule = SELECTORS[sel.name].meta.get("validate")
+        for ipc in axes["ipc"] if rule else ():
+            msg = rule(sel, TrialConfig(dataset=dataset, student=student, selector=sel, regime="hl", ipc=ipc,
+                                        seed=0, budget=budget, train=train))
+            if msg:
+                c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
+                break
 
 
 TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f != "arch")

@@ -26,8 +26,12 @@ class Option:
     choices: tuple[Any, ...] | None = None
     min: float | None = None
     max: float | None = None
+    check: Callable[[Any], str | None] | None = None  # custom rule (kind=object): returns a message or None
 
     def problems(self, value: Any, path: str) -> list[str]:
+        if self.check is not None:
+            msg = self.check(value)
+            return [f"{path}: {value!r} {msg}"] if msg else []
         ok_types: tuple[type, ...] = (int, float) if self.kind is float else (self.kind,)
         if isinstance(value, bool) and self.kind is not bool:
             ok_types = ()
@@ -207,6 +211,81 @@ SELECTORS.declare("dyn_unc", "dynamic uncertainty: mean over J-epoch windows of 
                   {"epochs": _DYN_EPOCHS, "J": Option(10, int, "window length in epochs", min=2)},
                   inputs=("dynamics",), epochs_option="epochs")
 
+def _j_option(value: Any) -> str | None:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
+        return None
+    return "is not a window length; give an integer >= 2 or auto (J = K - W)"
+
+
+def cad_scoring_epochs(trial: TrialConfig) -> int:
+    """K = round(E_down * IPC * C / N) (METHODS.md §2.4): the scoring run gets the downstream trial's
+    compute, i.e. its full-dataset-equivalent epochs, whatever unit the sweep's budget is in."""
+    from workers.budget import plan
+
+    info = describe_dataset(trial.dataset.name, trial.dataset.root, trial.dataset.opts)
+    n_cls = len(info["class_names"])
+    p = plan(trial.budget, trial.ipc * n_cls, info["num_train"], trial.train.batch_size)
+    return max(1, int(round(p.images_seen / info["num_train"])))
+
+
+def cad_window(trial_opts: dict[str, Any], K: int) -> tuple[int, int]:
+    W = trial_opts["W"]
+    J = K - W if trial_opts["J"] == "auto" else trial_opts["J"]
+    return J, W
+
+
+def _cad_problem(selector: Named, trial: TrialConfig) -> str | None:
+    K = cad_scoring_epochs(trial)
+    J, W = cad_window(selector.opts, K)
+    if J < 2 or K < J + W:
+        return (f"CAD needs K >= J + W and J >= 2, but at ipc {trial.ipc} the budget gives K = {K} scoring epochs "
+                f"(J = {J}, W = {W}); raise the budget, lower W, or set J: auto")
+    return None
+
+
+_CAD_OPTIONS = {
+    "J": Option("auto", object, "window length", check=_j_option),
+    "W": Option(2, int, "number of windows averaged (Eq. 2)", min=1),
+    "shift": Option(False, bool, "windows end at the final epoch instead of the literal K-J-W..K-J-1"),
+}
+SELECTORS.declare("cad_prune", "CAD-Prune: highest compute-aware difficulty from one scoring run of K = budget "
+                  "epochs (paper Eq. 1-2)", "workers.selectors.cad:cad_prune", _CAD_OPTIONS,
+                  inputs=("dynamics",), epochs_fn=cad_scoring_epochs, validate=_cad_problem)
+
+# ---------------------------------------------------------------- distillers (selectors that synthesise)
+_RDED = {
+    "mipc": Option(300, int, "real images drawn per class into the pool (RDED: 300)", min=1),
+    "crops": Option(5, int, "random crops scored per pool image", min=1),
+    "factor": Option("auto", object, "patches per side (auto: 2 for images >= 64 px, else 1)",
+                     check=lambda v: None if v == "auto" or (isinstance(v, int) and not isinstance(v, bool)
+                                                              and v >= 1) else "is not auto or an integer >= 1"),
+    "crop_min_scale": Option(0.08, float, "RandomResizedCrop scale lower bound", min=0.01, max=1.0),
+}
+_SRE2L = {
+    "iterations": Option(1000, int, "recover iterations per batch (SRe2L published: 4000; argparse 1000)", min=1),
+    "lr": Option(0.25, float, "Adam learning rate on the pixels", min=0.0),
+    "r_bn": Option(0.01, float, "weight of the BatchNorm-statistics loss", min=0.0),
+    "first_bn_multiplier": Option(10.0, float, "multiplier of the first BN layer's term", min=0.0),
+    "batch_classes": Option(100, int, "classes optimised together (one image each)", min=1),
+    "crop_min_scale": Option(0.08, float, "RandomResizedCrop scale lower bound", min=0.01, max=1.0),
+}
+SELECTORS.declare("sre2l", "SRe2L recover: synthesise images matching the teacher's BatchNorm statistics",
+                  "workers.distillers.sre2l:recover", _SRE2L, distiller=True, inputs=("teacher",))
+SELECTORS.declare("cda", "CDA: SRe2L recover with a curriculum on the crop scale (1.0 down to crop_min_scale)",
+                  "workers.distillers.sre2l:cda",
+                  {**_SRE2L, "curriculum": Option("cosine", str, "crop-scale schedule",
+                                                  choices=("step", "linear", "cosine")),
+                   "milestone": Option(1.0, float, "fraction of iterations the curriculum spans", min=0.0, max=1.0)},
+                  distiller=True, inputs=("teacher",))
+SELECTORS.declare("rded", "RDED: observer-scored real crops, the most realistic stitched factor x factor",
+                  "workers.distillers.rded:rded", _RDED, distiller=True, inputs=("teacher",))
+SELECTORS.declare("ca2d", "CA2D: RDED on a CAD-ranked pool (paper §5)", "workers.distillers.rded:ca2d",
+                  {**_RDED, **_CAD_OPTIONS,
+                   "pool": Option("cad_top", str, "cad_top: top-mipc per class by CAD; cad_coreset: the "
+                                  "IPC*factor^2 CAD coreset", choices=("cad_top", "cad_coreset"))},
+                  distiller=True, inputs=("teacher", "dynamics"), epochs_fn=cad_scoring_epochs,
+                  validate=_cad_problem)
+
 # ---------------------------------------------------------------- stage kinds
 STAGES.declare("subset", "class-balanced training subset chosen by a selector (indices into train)",
                "workers.stages:build_subset")
@@ -236,7 +315,8 @@ def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epoch
 
 
 def needs_teacher(selector: Named, regime: str) -> bool:
-    return bool(REGIMES[regime].meta.get("needs_teacher")) or "features" in SELECTORS[selector.name].meta.get("inputs", ())
+    inputs = SELECTORS[selector.name].meta.get("inputs", ())
+    return bool(REGIMES[regime].meta.get("needs_teacher")) or "features" in inputs or "teacher" in inputs
 
 
 def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
@@ -246,9 +326,13 @@ def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
         if trial.teacher is None:
             raise ValueError(f"selector {trial.selector.name} needs a teacher; the trial has none")
         keys.append(features_key(teacher_key(trial.dataset, trial.teacher)))
+    if "teacher" in meta.get("inputs", ()):
+        if trial.teacher is None:
+            raise ValueError(f"{trial.selector.name} needs a teacher; the trial has none")
+        keys.append(teacher_key(trial.dataset, trial.teacher))
     if "dynamics" in meta.get("inputs", ()):
         opts = trial.selector.opts
-        epochs = opts[meta["epochs_option"]]
+        epochs = meta["epochs_fn"](trial) if "epochs_fn" in meta else opts[meta["epochs_option"]]
         keys += [dynamics_key(trial.dataset, trial.student, trial.train, epochs, run)
                  for run in range(opts.get("runs", 1))]
     return keys

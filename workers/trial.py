@@ -65,10 +65,10 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     for key in requires(config):
         stages.build(key, store)
     skey = subset_key(config)
-    idx = stages.load_subset(skey, store)
+    splits = stages.load_splits(config.dataset.to_json())
+    sub_x, sub_y, _ = stages.load_training_set(skey, store, splits)
     select_seconds = time.perf_counter() - t0
 
-    splits = stages.load_splits(config.dataset.to_json())
     stages.check_classes(skey, store, splits.class_names)
     mean, std = channel_stats(splits.train_x, device)
 
@@ -76,11 +76,11 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         return Tensors(torch.as_tensor(np.ascontiguousarray(x)).to(device),
                        torch.as_tensor(y).to(device), mean, std)
 
-    train_data = tensors(splits.train_x[idx], splits.train_y[idx])
+    train_data = tensors(sub_x, sub_y)
     evals = {"test": tensors(splits.test_x, splits.test_y), "minival": tensors(splits.minival_x, splits.minival_y)}
 
     plan = budget_plan(config.budget, n_subset=config.ipc * splits.num_classes, n_full=len(splits.train_y),
-                       batch=config.train.batch_size, n_data=len(idx))
+                       batch=config.train.batch_size, n_data=len(sub_y))
     model = models.build(config.student.name, config.student.opts, splits.num_classes, splits.image_shape,
                          config.seed).to(device)
     teacher = None
