@@ -156,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(err, file=sys.stderr)
         return EXIT_SPEC
+    except Exception as err:
+        from orchestrator.lock import SweepLocked
+
+        if isinstance(err, SweepLocked):
+            print(f"ddsweep: {err}", file=sys.stderr)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

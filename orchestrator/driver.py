@@ -104,6 +104,13 @@ def run(spec: SweepSpec, address: str | None = None, checkpoint_interval_s: floa
     """Run everything pending. Returns 0 when every trial has a row, 1 when some failed."""
     spec_storage = str(Path(spec.storage).resolve())
     spec = _with_storage(spec, spec_storage)
+    from orchestrator.lock import DriverLock
+
+    with DriverLock(results.sweep_dir(spec.storage, spec.name)):
+        return _run_locked(spec, address, checkpoint_interval_s)
+
+
+def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: float) -> int:
     results.clean_temporaries(spec.storage, spec.name)
     plan = make_plan(spec)
     _say(f"sweep {spec.name!r}: {len(plan.trials)} trials, {len(plan.done)} done, {len(plan.pending)} pending "

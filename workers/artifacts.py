@@ -48,6 +48,7 @@ def fsync_dir(path: Path) -> None:
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._verified: set[ArtifactKey] = set()  # checksummed once per process
 
     def path(self, key: ArtifactKey) -> Path:
         return self.root / key.kind / key.digest
@@ -77,7 +78,12 @@ class ArtifactStore:
         """Run fn(tmp_dir) to write the artifact's files, then publish atomically. Returns the final path."""
         final = self.path(key)
         if self.exists(key):
-            return final
+            if key in self._verified or self.verify(key):
+                self._verified.add(key)
+                return final
+            log.warning("artifact %s at %s fails its manifest checksums (truncated or corrupted); rebuilding",
+                        key, final)
+            self._quarantine(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{key.digest}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -101,4 +107,13 @@ class ArtifactStore:
             fsync_dir(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self._verified.add(key)
         return final
+
+    def _quarantine(self, folder: Path) -> None:
+        aside = folder.parent / f".{folder.name}.corrupt-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(folder, aside)  # atomic: readers never see a half-deleted artifact
+        except FileNotFoundError:
+            return  # another worker moved it first
+        shutil.rmtree(aside, ignore_errors=True)

@@ -89,6 +89,9 @@ def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env)
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.2)
         assert results.done_ids(store, "tiny"), "no row appeared before the deadline"
+        # a second driver for the same sweep refuses, naming the one that runs it
+        second = run_cli(["run", str(sweep)], cli_env, timeout=120)
+        assert second.returncode == 3 and f"pid {proc.pid}" in second.stderr, second.stderr[-2000:]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the embedded Ray processes it started
         proc.wait()

@@ -53,3 +53,21 @@ def test_concurrent_builders_end_with_one_valid_copy(tmp_path):
     key = ArtifactKey.make("subset", {"x": 2})
     assert store.verify(key)
     assert [p.name for p in (tmp_path / "subset").iterdir()] == [key.digest]
+
+
+def test_a_corrupted_artifact_is_detected_and_rebuilt(tmp_path, caplog):
+    key = ArtifactKey.make("subset", {"x": 3})
+    calls = []
+
+    def write(tmp):
+        calls.append(1)
+        (tmp / "a.txt").write_text("payload")
+
+    path = ArtifactStore(tmp_path).build(key, write)
+    (path / "a.txt").write_text("payl")  # truncated on disk
+    with caplog.at_level("WARNING"):
+        path2 = ArtifactStore(tmp_path).build(key, write)  # a new process-level store: checks the checksums
+    assert path2 == path and (path / "a.txt").read_text() == "payload" and len(calls) == 2
+    assert "fails its manifest checksums" in caplog.text
+    assert ArtifactStore(tmp_path).verify(key)
+    assert sorted(p.name for p in (tmp_path / "subset").iterdir()) == [key.digest]
