@@ -33,7 +33,7 @@ SCHEMA = pa.schema([
     ("select_seconds", pa.float64()), ("train_seconds", pa.float64()), ("total_seconds", pa.float64()),
     ("gpu_name", pa.string()), ("peak_gpu_mem_bytes", pa.int64()), ("soft_label_bytes", pa.int64()),
     # provenance
-    ("attempt", pa.int64()), ("host", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
+    ("attempt", pa.int64()), ("resumed_from_epoch", pa.int64()), ("host", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")), ("ddsweep_version", pa.string()), ("torch_version", pa.string()),
     ("ray_version", pa.string()), ("config_json", pa.string()), ("history_json", pa.string()),
 ])
@@ -135,14 +135,6 @@ def failures(storage, sweep: str) -> dict[str, dict]:
 
 def clear_failure(storage, sweep: str, trial_id: str) -> None:
     (failures_dir(storage, sweep) / f"{trial_id}.json").unlink(missing_ok=True)
-
-
-def previous_attempts(storage, sweep: str, trial_id: str) -> int:
-    f = failures_dir(storage, sweep) / f"{trial_id}.json"
-    try:
-        return int(json.loads(f.read_text())["attempt"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return 0
 
 
 def clean_temporaries(storage, sweep: str) -> int:

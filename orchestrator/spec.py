@@ -159,11 +159,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
 
     dataset, ds_info = _dataset(c, doc.get("dataset")) if "dataset" in doc else (None, None)
     student = _named_with_options(c, doc.get("student"), "student", ARCHS, "arch") if "student" in doc else None
-    if student and dataset and student.name == "convnet" and ds_info:
-        side = ds_info["image_shape"][1]
-        if side >> student.opts["depth"] < 1:
-            c.err("student.depth", f"{student.opts['depth']} halves a {side}px image below 1px; "
-                                   f"use depth <= {side.bit_length() - 1}")
+    _convnet_fits(c, student, ds_info, "student")
     budget = _budget(c, doc.get("budget")) if "budget" in doc else None
     selector_defaults = _selector_defaults(c, doc.get("selectors", {}))
     axes = _grid(c, doc.get("grid"), selector_defaults, ds_info) if "grid" in doc else None
@@ -207,6 +203,15 @@ def _selector_rules(c: _Checker, axes: dict, dataset, student, budget, train) ->
                 break
 
 
+def _convnet_fits(c: _Checker, net: Named | None, ds_info: dict | None, path: str) -> None:
+    """ConvNet-D halves the image `depth` times; the model refuses to build below 1px (workers.models.convnet)."""
+    if net and net.name == "convnet" and ds_info:
+        side = ds_info["image_shape"][1]
+        if side >> net.opts["depth"] < 1:
+            c.err(f"{path}.depth", f"{net.opts['depth']} halves a {side}px image below 1px; "
+                                   f"use depth <= {side.bit_length() - 1}")
+
+
 TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f != "arch")
 
 
@@ -217,6 +222,7 @@ def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | N
     recipe = {k: v for k, v in d.items() if k in TEACHER_KEYS}
     arch = _named_with_options(c, {k: v for k, v in d.items() if k not in TEACHER_KEYS}, "teacher", ARCHS, "arch")
     before = len(c.problems)
+    _convnet_fits(c, arch, ds_info, "teacher")
     w = recipe.get("weights")
     if w is not None and (not isinstance(w, str) or not Path(w).is_file()):
         c.err("teacher.weights", f"{w!r} is not an existing file; give the path of a local state_dict (.pt/.pth)")
@@ -408,6 +414,9 @@ def _train(c: _Checker, value: Any) -> TrainConfig:
                 continue
         elif f.name in ("batch_size", "eval_points"):
             if not c.number(v, path, integer=True, minimum=1):
+                continue
+        elif f.name == "kd_topk":  # an int (0 = keep all logits); a float would reach Tensor.topk
+            if not c.number(v, path, integer=True, minimum=0):
                 continue
         elif f.name in ("lr", "temperature"):
             if not c.number(v, path, minimum=0, exclusive=True):

@@ -6,6 +6,7 @@ Runs inside Ray worker processes. It imports torch only through workers.trial, i
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,21 @@ def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: in
     }
 
 
+def count_attempt(ckpt: Path) -> int:
+    """Starts of this trial so far, this one included: Tune retries, node losses and relaunches all count.
+    Kept beside the trial's checkpoint, so it goes away with it when the row is written."""
+    ckpt.mkdir(parents=True, exist_ok=True)
+    f = ckpt / "attempts"
+    try:
+        n = int(f.read_text()) + 1
+    except (FileNotFoundError, ValueError):
+        n = 1
+    tmp = ckpt / f".attempts.{os.getpid()}.tmp"
+    tmp.write_text(str(n))
+    os.replace(tmp, f)
+    return n
+
+
 def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str, num_threads: int,
             report=None, checkpoint_interval_s: float = 60.0) -> dict | None:
     """Run a trial unless its row exists. Returns the row written, or None when there was nothing to do."""
@@ -41,10 +57,10 @@ def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str
     if results.has_row(storage, sweep, trial_id):  # relaunched after its row was published
         return None
     cfg = TrialConfig.from_json(json.loads(trials_json[trial_id]))
-    attempt = results.previous_attempts(storage, sweep, trial_id) + 1
+    ckpt = results.checkpoint_dir(storage, sweep, trial_id)
+    attempt = count_attempt(ckpt)
     started_at = datetime.now(timezone.utc)
-    ctx = TrialContext(artifacts_root=Path(storage) / "artifacts",
-                       checkpoint_dir=results.checkpoint_dir(storage, sweep, trial_id),
+    ctx = TrialContext(artifacts_root=Path(storage) / "artifacts", checkpoint_dir=ckpt,
                        report=report, num_threads=num_threads, checkpoint_interval_s=checkpoint_interval_s)
     try:
         metrics = run_trial(cfg, ctx)

@@ -182,4 +182,5 @@ def train(model: nn.Module, regime: Regime, train_data: Tensors, cfg: TrainConfi
             "epoch": epoch + 1, "images_seen": images_seen, "steps": steps, "history": history,
             "train_seconds": train_seconds}, force=False)
     assert images_seen == plan.images_seen and steps == plan.steps, (images_seen, steps, plan)
-    return {"history": history, "images_seen": images_seen, "steps": steps, "train_seconds": train_seconds}
+    return {"history": history, "images_seen": images_seen, "steps": steps, "train_seconds": train_seconds,
+            "resumed_from_epoch": resumed["epoch"] if resumed is not None else 0}

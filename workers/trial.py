@@ -110,6 +110,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         "gpu_name": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated()) if device.startswith("cuda") else None,
         "soft_label_bytes": int(regime.soft_label_bytes),
+        "resumed_from_epoch": int(result["resumed_from_epoch"]),
         "host": socket.gethostname(),
         "torch_version": torch.__version__,
         "history": result["history"],

@@ -77,7 +77,6 @@ def test_a_crash_mid_write_leaves_no_readable_partial_row(tmp_path):
 
 def test_failures_are_recorded_and_cleared(tmp_path):
     results.record_failure(tmp_path, "s", "abc", "n", 2, "ValueError: x", "tb")
-    assert results.previous_attempts(tmp_path, "s", "abc") == 2
     assert results.failures(tmp_path, "s")["abc"]["error"] == "ValueError: x"
     results.clear_failure(tmp_path, "s", "abc")
     assert results.failures(tmp_path, "s") == {}
