@@ -252,6 +252,12 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
     if root is not None and not isinstance(root, str):
         c.err("dataset.root", f"{root!r} is not a path")
         return None, None
+    if DATASETS[name].meta.get("needs_root") and not root:
+        c.err("dataset.root", f"is required for {name}: the folder that holds train/ and val/")
+        return None, None
+    if root is not None and not Path(root).is_dir():
+        c.err("dataset.root", f"{root!r} is not an existing folder")
+        return None, None
     given = {k: v for k, v in d.items() if k not in ("name", "root")}
     before = len(c.problems)
     opts, problems = DATASETS[name].resolve(given, "dataset")
@@ -262,7 +268,8 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
     try:
         info = describe_dataset(name, root, opts)
     except Exception as err:  # a DataError from the loader: a path or layout the user can fix
-        c.err("dataset", str(err))
+        msg = str(err)
+        c.err(*(msg.split(": ", 1) if msg.startswith("dataset.") else ("dataset", msg)))
         return None, None
     return cfg, info
 

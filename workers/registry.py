@@ -131,6 +131,14 @@ DATASETS.declare(
     describe="workers.data.digits:describe",
 )
 
+DATASETS.declare(
+    "imagefolder", "a local tree root/train/<class>/ and root/val/<class>/ (ImageNet layout), decoded once to uint8",
+    "workers.data.imagefolder:load",
+    {"image_size": Option(32, int, "side after shorter-side resize and centre crop", min=8, max=512),
+     "minival_per_class": Option(10, int, "train images per class held out for model choices", min=1)},
+    describe="workers.data.imagefolder:describe", needs_root=True,
+)
+
 # ---------------------------------------------------------------- architectures
 ARCHS.declare(
     "convnet", "ConvNet-D<depth> of the DD literature: [conv3x3-norm-relu-avgpool] x depth, linear head",
