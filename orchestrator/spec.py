@@ -17,6 +17,7 @@ from workers.registry import ARCHS, DATASETS, REGIMES, SELECTORS, describe_datas
 AXES = ("selector", "regime", "ipc", "seed")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STORAGE = "./ddsweep-runs"
+TOP = "(top level)"
 TOP_KEYS = ("name", "storage", "dataset", "teacher", "student", "budget", "grid", "selectors", "train", "resources",
             "exclude")
 REQUIRED_TOP = ("name", "dataset", "student", "budget", "grid")
@@ -106,11 +107,11 @@ class _Checker:
         if allowed is not None:
             for key in value:
                 if key not in allowed:
-                    self.err(f"{path}.{key}" if path else str(key),
+                    self.err(f"{path}.{key}" if path != TOP else str(key),
                              f"unknown key{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}")
         for key in required:
             if key not in value:
-                self.err(f"{path}.{key}" if path else key, "is required")
+                self.err(f"{path}.{key}" if path != TOP else key, "is required")
         return value
 
     def number(self, value: Any, path: str, *, integer: bool = False, minimum: float | None = None,
@@ -143,7 +144,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         problem = getattr(err, "problem", None) or str(err)
         raise SpecError([f"(yaml) {where}: {problem}"], source) from None
     c = _Checker()
-    doc = c.mapping(doc, "", TOP_KEYS, REQUIRED_TOP, " at the top of the file")
+    doc = c.mapping(doc, TOP, TOP_KEYS, REQUIRED_TOP, " at the top of the file")
     if doc is None:
         raise SpecError(c.problems, source)
 
@@ -174,7 +175,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].meta.get("needs_teacher")]
         users += [f"selector {s.name!r}" for s in axes["selector"] if needs_teacher(s, "hl")]
         if users and "teacher" not in doc:
-            c.err("teacher", f"is required: {', '.join(dict.fromkeys(users))} need a teacher; add e.g. "
+            c.err("teacher", f"is required by {', '.join(dict.fromkeys(users))}; add e.g. "
                              "teacher: {arch: convnet, epochs: 30} (trained here) or teacher: {arch: ..., weights: PATH}")
         soft = [r for r in axes["regime"] if r != "hl"]
         if soft and train.optimizer == "sgd" and not train.t2_scale:
