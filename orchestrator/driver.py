@@ -151,8 +151,11 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     done = results.done_ids(spec.storage, spec.name)
     missing = [t for t in plan.trials if t.trial_id not in done]
     fails = results.failures(spec.storage, spec.name)
+    failed = [t for t in missing if t.trial_id in fails]
     _say(f"finished: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row"
-         + (f"; {len(missing)} failed (see {results.failures_dir(spec.storage, spec.name)})" if missing else ""))
+         + (f"; {len(failed)} failed (see {results.failures_dir(spec.storage, spec.name)})" if failed else "")
+         + (f"; {len(missing) - len(failed)} not finished (stopped); run again to continue"
+            if len(missing) > len(failed) else ""))
     for t in missing:
         f = fails.get(t.trial_id)
         if f:
