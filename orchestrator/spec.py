@@ -213,7 +213,7 @@ def _convnet_fits(c: _Checker, net: Named | None, ds_info: dict | None, path: st
                                    f"use depth <= {side.bit_length() - 1}")
 
 
-TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f != "arch")
+TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f not in ("arch", "weights_sha256"))
 
 
 def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | None:
@@ -238,6 +238,10 @@ def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | N
             c.err(f"teacher.{key}", f"{recipe[key]!r} is not allowed; choose one of {', '.join(TRAIN_CHOICES[key])}")
     if arch is None or len(c.problems) > before:
         return None
+    if w is not None:
+        from workers.artifacts import sha256_file
+
+        recipe["weights_sha256"] = sha256_file(Path(w))
     return TeacherConfig(arch=arch, **recipe)
 
 

@@ -101,6 +101,7 @@ class TeacherConfig:
 
     arch: Named
     weights: str | None = None
+    weights_sha256: str | None = None  # filled by the spec: a changed file at the same path is a new teacher
     epochs: int = 30
     optimizer: str = "adamw"
     lr: float = 0.003

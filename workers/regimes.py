@@ -180,9 +180,13 @@ class FreshSoftLabels(TeacherRegime):
             self.stored = [self._store_epoch(data, e) for e in range(num_epochs)]
             self.soft_label_bytes = sum(sum(t.numel() * t.element_size() for t in s) for s in self.stored)
 
-    def _store_epoch(self, data, epoch: int) -> tuple[torch.Tensor, ...]:
-        pos = torch.arange(len(data.y), device=data.x.device)
-        logits = self.teacher_logits(self.views.mixed(data, pos, epoch)).half()
+    def _store_epoch(self, data, epoch: int, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
+        # Views in chunks, labels kept on the CPU: the store can be GBs (METHODS.md §9), the device is not.
+        n = len(data.y)
+        logits = torch.cat([
+            self.teacher_logits(self.views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.x.device),
+                                                 epoch)).half().cpu()
+            for s in range(0, n, chunk)])
         k = self.cfg.kd_topk
         if k and k < logits.shape[1]:
             top = logits.topk(k, dim=1)
@@ -191,9 +195,10 @@ class FreshSoftLabels(TeacherRegime):
 
     def _stored_logits(self, pos: torch.Tensor, epoch: int, num_classes: int) -> torch.Tensor:
         entry = self.stored[epoch]
+        cpu_pos = pos.cpu()
         if len(entry) == 1:
-            return entry[0][pos].float()
-        values, idx = entry[0][pos].float(), entry[1][pos].long()
+            return entry[0][cpu_pos].float().to(pos.device)
+        values, idx = entry[0][cpu_pos].float().to(pos.device), entry[1][cpu_pos].long().to(pos.device)
         # Missing classes get the smallest stored logit (METHODS.md §9, reconstruction).
         full = values.min(dim=1, keepdim=True).values.expand(-1, num_classes).clone()
         return full.scatter(1, idx, values)

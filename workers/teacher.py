@@ -68,15 +68,25 @@ def load_weights(model: nn.Module, path: str, num_classes: int) -> None:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"teacher.weights: {path!r} does not exist; give a local state_dict file (.pt/.pth)")
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickled whole model, a corrupt file, ...: weights_only refuses them
+        raise DataError(f"teacher.weights: {path!r} is not a readable state_dict (torch.load with weights_only=True "
+                        f"failed: {str(err).splitlines()[0]}); save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise DataError(f"teacher.weights: {path!r} holds a {type(state).__name__}, not a state_dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        out_features = [v.shape[0] for k, v in state.items() if k.endswith("weight") and v.ndim == 2][-1:] or ["?"]
-        raise DataError(f"teacher.weights: {path!r} does not fit the teacher architecture for {num_classes} classes "
-                        f"(its last layer has {out_features[0]} outputs): {str(err).splitlines()[0]}") from None
+        linear = [v.shape[0] for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2][-1:]
+        if linear and linear[0] != num_classes:
+            why = f"its last layer has {linear[0]} outputs, the data set has {num_classes} classes"
+        else:
+            why = "its parameter names or shapes do not match the teacher's arch and options"
+        raise DataError(f"teacher.weights: {path!r} does not fit the teacher ({why}): "
+                        f"{str(err).splitlines()[0]}") from None
 
 
 def load_teacher(key: ArtifactKey, store: ArtifactStore, device: str) -> nn.Module:
