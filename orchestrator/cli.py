@@ -69,14 +69,16 @@ def cmd_status(args) -> int:
     trials = expand(spec)
     done = results.done_ids(spec.storage, spec.name)
     fails = results.failures(spec.storage, spec.name)
-    ckpt = results.sweep_dir(spec.storage, spec.name) / "checkpoints"
+    from workers.storage import Storage
+
+    st = Storage(spec.storage)
 
     def state(t) -> str:
         if t.trial_id in done:
             return "done"
         if t.trial_id in fails:
             return "failed"
-        if (ckpt / t.trial_id).exists():
+        if st.exists(st.path(spec.name, "checkpoints", t.trial_id)):
             return "started"
         return "pending"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from workers.config import ArtifactKey, TrialConfig
 
+from workers.storage import Storage, child_uri, is_uri
+
 from orchestrator import grid, results
 from orchestrator.spec import SweepSpec
 
@@ -34,17 +36,14 @@ def make_plan(spec: SweepSpec) -> Plan:
     done = results.done_ids(spec.storage, spec.name)
     pending = [t for t in trials if t.trial_id not in done]
     stages = grid.stages_for(pending)
-    store = ArtifactStore(Path(spec.storage) / "artifacts")
+    store = ArtifactStore(child_uri(spec.storage, "artifacts"))
     return Plan(trials, done & {t.trial_id for t in trials}, pending, stages,
                 [k for k in stages if not store.exists(k)])
 
 
 def save_spec_source(spec: SweepSpec) -> None:
-    folder = results.sweep_dir(spec.storage, spec.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".sweep.yaml.{os.getpid()}.tmp"
-    tmp.write_text(spec.source)
-    os.replace(tmp, folder / "sweep.yaml")
+    st = Storage(spec.storage)
+    st.write_atomic(st.path(spec.name, "sweep.yaml"), spec.source.encode())
 
 
 def _say(msg: str) -> None:
@@ -102,11 +101,11 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
 
 def run(spec: SweepSpec, address: str | None = None, checkpoint_interval_s: float = 60.0) -> int:
     """Run everything pending. Returns 0 when every trial has a row, 1 when some failed."""
-    spec_storage = str(Path(spec.storage).resolve())
-    spec = _with_storage(spec, spec_storage)
+    if not is_uri(spec.storage):  # workers run elsewhere (another cwd, another node): absolute paths only
+        spec = _with_storage(spec, str(Path(spec.storage).resolve()))
     from orchestrator.lock import DriverLock
 
-    with DriverLock(results.sweep_dir(spec.storage, spec.name)):
+    with DriverLock(Storage(spec.storage), spec.name):
         return _run_locked(spec, address, checkpoint_interval_s)
 
 
@@ -124,10 +123,11 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     import ray
     from ray import tune
 
-    build_stages(plan.stages_missing, str(Path(spec.storage) / "artifacts"), cpus=1, gpus=0)
+    build_stages(plan.stages_missing, child_uri(spec.storage, "artifacts"), cpus=1, gpus=0)
 
     from orchestrator.trainable import trainable
 
+    st = Storage(spec.storage)
     names = {t.trial_id: t.trial_name for t in plan.pending}
     trials_json = {t.trial_id: json.dumps(t.to_json(), sort_keys=True) for t in plan.pending}
     res = spec.resources
@@ -143,7 +143,8 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
         tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,
                                     trial_dirname_creator=lambda t: t.config["trial_id"]),
         run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  storage_path=str(Path(spec.storage) / spec.name / "tune"),
+                                  storage_path=st.path(spec.name, "tune"),
+                                  storage_filesystem=None if st.local else st.fs,
                                   failure_config=tune.FailureConfig(max_failures=res.max_failures),
                                   callbacks=[progress], verbose=0),
     )

@@ -14,7 +14,9 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
+import uuid
+
+from workers.storage import Storage
 
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
@@ -35,33 +37,57 @@ def _pid_alive(pid: int) -> bool:
 
 
 class DriverLock:
-    def __init__(self, folder: Path, stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_S) -> None:
-        self.path = Path(folder) / "driver.lock"
+    """The lock of one sweep under a storage root (folder or object store)."""
+
+    def __init__(self, storage, sweep: str, stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.st = storage if isinstance(storage, Storage) else Storage(storage)
+        self.path = self.st.path(sweep, "driver.lock")
         self.stale_s, self.heartbeat_s = stale_s, heartbeat_s
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()}
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(),
+                   "nonce": uuid.uuid4().hex}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def holder(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return json.loads(self.st.read_bytes(self.path))
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
             return None
+
+    def _mine(self, h: dict | None) -> bool:
+        return bool(h) and h.get("nonce") == self.me["nonce"]
 
     def _stale(self, h: dict) -> bool:
         if h.get("host") == self.me["host"] and not _pid_alive(int(h.get("pid", -1))):
             return True
         return time.time() - float(h.get("heartbeat", 0)) > self.stale_s
 
+    def _payload(self) -> bytes:
+        return json.dumps({**self.me, "heartbeat": time.time()}).encode()
+
     def _write_new(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({**self.me, "heartbeat": time.time()}, f)
-        return True
+        if self.st.local:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._payload())
+            return True
+        # Object stores: no exclusive create; check-then-put, then read back to see who won a race.
+        return self.st.publish_new(self.path, self._payload()) and self._mine(self.holder())
+
+    def _remove_stale(self) -> None:
+        if self.st.local:  # rename away first so two contenders cannot both remove a fresh lock
+            aside = os.path.join(os.path.dirname(self.path), f".driver.lock.stale-{os.getpid()}")
+            try:
+                os.rename(self.path, aside)
+                os.unlink(aside)
+            except FileNotFoundError:
+                pass
+        else:
+            self.st.delete(self.path)
 
     def acquire(self) -> None:
         for _ in range(3):
@@ -69,13 +95,7 @@ class DriverLock:
                 break
             h = self.holder()
             if h is None or self._stale(h):
-                # Take over a stale lock: rename it away first so two contenders cannot both win.
-                aside = self.path.with_name(f".driver.lock.stale-{os.getpid()}")
-                try:
-                    os.rename(self.path, aside)
-                    aside.unlink(missing_ok=True)
-                except FileNotFoundError:
-                    pass
+                self._remove_stale()
                 continue
             age = time.time() - float(h.get("heartbeat", 0))
             raise SweepLocked(
@@ -89,18 +109,14 @@ class DriverLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            h = self.holder()
-            if not h or h.get("pid") != self.me["pid"] or h.get("host") != self.me["host"]:
+            if not self._mine(self.holder()):
                 return  # taken over (we were presumed dead): stop touching it
-            tmp = self.path.with_name(f".driver.lock.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**self.me, "heartbeat": time.time()}))
-            os.replace(tmp, self.path)
+            self.st.write_atomic(self.path, self._payload())
 
     def release(self) -> None:
         self._stop.set()
-        h = self.holder()
-        if h and h.get("pid") == self.me["pid"] and h.get("host") == self.me["host"]:
-            self.path.unlink(missing_ok=True)
+        if self._mine(self.holder()):
+            self.st.delete(self.path)
 
     def __enter__(self) -> "DriverLock":
         self.acquire()

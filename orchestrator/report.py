@@ -51,15 +51,22 @@ def format_table(table) -> str:
     return "\n".join(lines)
 
 
-def write_report(spec: SweepSpec) -> Path:
-    df = current_rows(spec)
-    table = accuracy_table(df)
-    out = results.sweep_dir(spec.storage, spec.name) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "accuracy.csv", index=False)
+def write_report(spec: SweepSpec) -> str:
+    """Writes report/accuracy.csv and report/accuracy_vs_ipc.png in the sweep folder; returns that folder."""
+    import tempfile
+
+    from workers.storage import Storage
+
+    st = Storage(spec.storage)
+    table = accuracy_table(current_rows(spec))
+    files = {"accuracy.csv": table.to_csv(index=False).encode()}
     if not table.empty:
-        _plot(table, out / "accuracy_vs_ipc.png")
-    return out
+        with tempfile.TemporaryDirectory() as tmp:
+            _plot(table, Path(tmp) / "plot.png")
+            files["accuracy_vs_ipc.png"] = (Path(tmp) / "plot.png").read_bytes()
+    for name, data in files.items():
+        st.write_atomic(st.path(spec.name, "report", name), data)
+    return st.path(spec.name, "report")
 
 
 def _plot(table, path: Path) -> None:

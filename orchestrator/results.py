@@ -7,14 +7,14 @@ Layout under `<storage>/<sweep>/`: `results/<trial_id>.parquet`, `failures/<tria
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from workers.storage import Storage
 
 SCHEMA = pa.schema([
     # identity
@@ -39,67 +39,58 @@ SCHEMA = pa.schema([
 ])
 
 
-def sweep_dir(storage: str | os.PathLike, sweep: str) -> Path:
-    return Path(storage) / sweep
+def _st(storage) -> Storage:
+    return storage if isinstance(storage, Storage) else Storage(storage)
 
 
-def results_dir(storage, sweep) -> Path:
-    return sweep_dir(storage, sweep) / "results"
+def sweep_dir(storage, sweep: str) -> str:
+    """`<storage>/<sweep>` as a path string (a local path, or a path inside the object store)."""
+    return _st(storage).path(sweep)
 
 
-def failures_dir(storage, sweep) -> Path:
-    return sweep_dir(storage, sweep) / "failures"
+def results_dir(storage, sweep) -> str:
+    return _st(storage).path(sweep, "results")
 
 
-def checkpoint_dir(storage, sweep, trial_id: str) -> Path:
-    return sweep_dir(storage, sweep) / "checkpoints" / trial_id
+def failures_dir(storage, sweep) -> str:
+    return _st(storage).path(sweep, "failures")
 
 
-def row_path(storage, sweep, trial_id: str) -> Path:
-    return results_dir(storage, sweep) / f"{trial_id}.parquet"
+def checkpoint_dir(storage, sweep, trial_id: str) -> str:
+    return _st(storage).path(sweep, "checkpoints", trial_id)
+
+
+def row_path(storage, sweep, trial_id: str) -> str:
+    return _st(storage).path(sweep, "results", f"{trial_id}.parquet")
 
 
 def has_row(storage, sweep, trial_id: str) -> bool:
-    return row_path(storage, sweep, trial_id).exists()
+    return _st(storage).exists(row_path(storage, sweep, trial_id))
 
 
 def write_row(storage, sweep, row: dict[str, Any]) -> bool:
     """Publish one trial's row. Returns False (and writes nothing) when the trial already has a row.
 
-    Written under a hidden temporary name in the same folder (readers skip names starting with
-    '.'), fsynced, then hard-linked to the final name: `os.link` fails if the row exists, so an
-    existing row is never replaced, even by a racing duplicate of the same trial.
+    Locally: written under a hidden temporary name in the same folder (readers skip names starting
+    with '.'), fsynced, then hard-linked to the final name: `os.link` fails if the row exists, so an
+    existing row is never replaced, even by a racing duplicate. Object stores: check, then one PUT.
     """
-    out = results_dir(storage, sweep)
-    out.mkdir(parents=True, exist_ok=True)
-    final = out / f"{row['trial_id']}.parquet"
-    if final.exists():
-        return False
     table = pa.Table.from_pylist([{name: row.get(name) for name in SCHEMA.names}], schema=SCHEMA)
-    tmp = out / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    return _st(storage).publish_new(row_path(storage, sweep, row["trial_id"]), buf.getvalue().to_pybytes())
 
 
 def load(storage, sweep: str, trial_ids: set[str] | None = None):
     """All rows of a sweep as a pandas DataFrame, one per trial_id (the earliest finished), optionally filtered."""
     import pyarrow.dataset as ds
 
-    folder = results_dir(storage, sweep)
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    st = _st(storage)
+    folder = results_dir(st, sweep)
+    files = [f"{folder}/{name}" for name in st.list(folder, ".parquet")]
     if not files:
         return SCHEMA.empty_table().to_pandas()
-    table = ds.dataset([str(f) for f in files], format="parquet", schema=SCHEMA).to_table()
-    df = table.to_pandas()
+    df = ds.dataset(files, format="parquet", schema=SCHEMA, filesystem=st.fs).to_table().to_pandas()
     df = df.sort_values("finished_at", kind="stable").drop_duplicates("trial_id", keep="first")
     if trial_ids is not None:
         df = df[df["trial_id"].isin(trial_ids)]
@@ -107,41 +98,43 @@ def load(storage, sweep: str, trial_ids: set[str] | None = None):
 
 
 def done_ids(storage, sweep: str) -> set[str]:
-    folder = results_dir(storage, sweep)
-    return {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
+    st = _st(storage)
+    return {name[: -len(".parquet")].split("__")[0] for name in st.list(results_dir(st, sweep), ".parquet")}
 
 
 def record_failure(storage, sweep: str, trial_id: str, trial_name: str, attempt: int, error: str,
                    traceback_text: str) -> None:
-    out = failures_dir(storage, sweep)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"trial_id": trial_id, "trial_name": trial_name, "attempt": attempt, "error": error,
                "traceback": traceback_text, "at": time.time()}
-    tmp = out / f".{trial_id}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out / f"{trial_id}.json")
+    st = _st(storage)
+    st.write_atomic(f"{failures_dir(st, sweep)}/{trial_id}.json", json.dumps(payload, indent=1).encode())
 
 
 def failures(storage, sweep: str) -> dict[str, dict]:
-    folder = failures_dir(storage, sweep)
+    st = _st(storage)
+    folder = failures_dir(st, sweep)
     out = {}
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for name in st.list(folder, ".json"):
         try:
-            out[f.stem] = json.loads(f.read_text())
-        except json.JSONDecodeError:
+            out[name[:-5]] = json.loads(st.read_bytes(f"{folder}/{name}"))
+        except (json.JSONDecodeError, FileNotFoundError):
             continue
     return out
 
 
 def clear_failure(storage, sweep: str, trial_id: str) -> None:
-    (failures_dir(storage, sweep) / f"{trial_id}.json").unlink(missing_ok=True)
+    st = _st(storage)
+    st.delete(f"{failures_dir(st, sweep)}/{trial_id}.json")
 
 
 def clean_temporaries(storage, sweep: str) -> int:
-    """Remove hidden temporary files left by a killed writer. Returns how many were removed."""
+    """Remove hidden temporary files left by a killed writer (local storage; object stores have none)."""
+    st = _st(storage)
+    if not st.local:
+        return 0
     n = 0
     for sub in ("results", "failures"):
-        for f in (sweep_dir(storage, sweep) / sub).glob(".*.tmp"):
+        for f in Path(st.path(sweep, sub)).glob(".*.tmp"):
             f.unlink(missing_ok=True)
             n += 1
     return n

@@ -156,7 +156,13 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     if not isinstance(storage, str) or not storage.strip():
         c.err("storage", f"{storage!r} is not a path; give a local or NFS folder such as ./ddsweep-runs")
     elif "://" in storage:
-        c.err("storage", f"{storage!r}: object-store URIs are not supported yet; give a local or NFS path")
+        try:
+            from workers.storage import Storage
+
+            Storage(storage)
+        except Exception as err:  # pyarrow: unknown scheme, bad query option, ...
+            c.err("storage", f"{storage!r} is not a usable storage URI ({str(err).splitlines()[0]}); give a "
+                             "local/NFS path or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]")
 
     dataset, ds_info = _dataset(c, doc.get("dataset")) if "dataset" in doc else (None, None)
     student = _named_with_options(c, doc.get("student"), "student", ARCHS, "arch") if "student" in doc else None

@@ -6,7 +6,6 @@ Runs inside Ray worker processes. It imports torch only through workers.trial, i
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from workers import __version__
 from workers.config import TrialConfig, canonical_json
+from workers.storage import Storage, child_uri
 
 from orchestrator import results
 
@@ -34,18 +34,16 @@ def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: in
     }
 
 
-def count_attempt(ckpt: Path) -> int:
+def count_attempt(ckpt: str) -> int:
     """Starts of this trial so far, this one included: Tune retries, node losses and relaunches all count.
     Kept beside the trial's checkpoint, so it goes away with it when the row is written."""
-    ckpt.mkdir(parents=True, exist_ok=True)
-    f = ckpt / "attempts"
+    st = Storage(ckpt)
+    f = st.path("attempts")
     try:
-        n = int(f.read_text()) + 1
-    except (FileNotFoundError, ValueError):
+        n = int(st.read_bytes(f)) + 1
+    except (FileNotFoundError, OSError, ValueError):
         n = 1
-    tmp = ckpt / f".attempts.{os.getpid()}.tmp"
-    tmp.write_text(str(n))
-    os.replace(tmp, f)
+    st.write_atomic(f, str(n).encode())
     return n
 
 
@@ -57,10 +55,10 @@ def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str
     if results.has_row(storage, sweep, trial_id):  # relaunched after its row was published
         return None
     cfg = TrialConfig.from_json(json.loads(trials_json[trial_id]))
-    ckpt = results.checkpoint_dir(storage, sweep, trial_id)
+    ckpt = child_uri(storage, sweep, "checkpoints", trial_id)
     attempt = count_attempt(ckpt)
     started_at = datetime.now(timezone.utc)
-    ctx = TrialContext(artifacts_root=Path(storage) / "artifacts", checkpoint_dir=ckpt,
+    ctx = TrialContext(artifacts_root=child_uri(storage, "artifacts"), checkpoint_dir=ckpt,
                        report=report, num_threads=num_threads, checkpoint_interval_s=checkpoint_interval_s)
     try:
         metrics = run_trial(cfg, ctx)

@@ -46,17 +46,41 @@ def fsync_dir(path: Path) -> None:
 
 
 class ArtifactStore:
+    """Artifacts under a root that is a folder (built in place) or an object-store URI.
+
+    On an object store an artifact is `<kind>/<digest>/manifest.json` plus its files under
+    `<kind>/<digest>/<build id>/`; the manifest is published last and only if absent, so racing
+    builders never mix files, and the loser deletes its upload. Readers download into a local
+    cache (`$DDSWEEP_ARTIFACT_CACHE` or `~/.cache/ddsweep/artifacts`) and check the checksums.
+    """
+
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        from workers.storage import Storage
+
+        self.st = Storage(root)
+        if self.st.local:
+            self.root = Path(self.st.base)
+        else:
+            base = Path(os.environ.get("DDSWEEP_ARTIFACT_CACHE", Path.home() / ".cache" / "ddsweep" / "artifacts"))
+            self.root = base / hashlib.sha256(self.st.uri.encode()).hexdigest()[:12]
         self._verified: set[ArtifactKey] = set()  # checksummed once per process
 
-    def path(self, key: ArtifactKey) -> Path:
+    def _local(self, key: ArtifactKey) -> Path:
         return self.root / key.kind / key.digest
+
+    def path(self, key: ArtifactKey) -> Path:
+        """The local folder holding the artifact's files (downloaded first from an object store)."""
+        folder = self._local(key)
+        if not self.st.local and not (folder / MANIFEST).exists():
+            self._download(key)
+        return folder
 
     def manifest(self, key: ArtifactKey) -> dict[str, Any] | None:
         try:
-            return json.loads((self.path(key) / MANIFEST).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            if self.st.local:
+                return json.loads((self._local(key) / MANIFEST).read_text())
+            return json.loads(self.st.read_bytes(self.st.path(key.kind, key.digest, MANIFEST)))
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
             return None
 
     def exists(self, key: ArtifactKey) -> bool:
@@ -74,16 +98,33 @@ class ArtifactStore:
                 return False
         return True
 
+    def _download(self, key: ArtifactKey) -> None:
+        m = self.manifest(key)
+        if m is None:
+            return
+        final = self._local(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{key.digest}.dl-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            for name in m["files"]:
+                (tmp / name).write_bytes(self.st.read_bytes(self.st.path(key.kind, key.digest, m["build"], name)))
+            (tmp / MANIFEST).write_text(json.dumps(m, indent=1, sort_keys=True))
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def build(self, key: ArtifactKey, fn: Callable[[Path], dict[str, Any] | None]) -> Path:
-        """Run fn(tmp_dir) to write the artifact's files, then publish atomically. Returns the final path."""
-        final = self.path(key)
+        """Run fn(tmp_dir) to write the artifact's files, then publish atomically. Returns the local path."""
         if self.exists(key):
             if key in self._verified or self.verify(key):
                 self._verified.add(key)
-                return final
+                return self.path(key)
             log.warning("artifact %s at %s fails its manifest checksums (truncated or corrupted); rebuilding",
-                        key, final)
-            self._quarantine(final)
+                        key, self._local(key))
+            self._quarantine(key)
+        final = self._local(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{key.digest}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -93,13 +134,15 @@ class ArtifactStore:
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             manifest = {"kind": key.kind, "digest": key.digest, "config": key.cfg, "files": files,
                         "built_by": socket.gethostname(), "built_at": time.time(),
-                        "build_seconds": time.time() - t0, **extra}
+                        "build_seconds": time.time() - t0, "build": uuid.uuid4().hex[:12], **extra}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            if not self.st.local:
+                self._upload(key, tmp, manifest)
             fsync_dir(tmp)
             try:
                 os.rename(tmp, final)
             except OSError:
-                if not self.exists(key):  # a stale, manifest-less folder: replace it
+                if not (final / MANIFEST).exists():  # a stale, manifest-less folder: replace it
                     shutil.rmtree(final, ignore_errors=True)
                     os.rename(tmp, final)
                 else:
@@ -107,10 +150,28 @@ class ArtifactStore:
             fsync_dir(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if not self.st.local and (self.manifest(key) or {}).get("build") != manifest["build"]:
+            shutil.rmtree(final, ignore_errors=True)  # another builder's manifest won: use its files
+            self._download(key)
         self._verified.add(key)
         return final
 
-    def _quarantine(self, folder: Path) -> None:
+    def _upload(self, key: ArtifactKey, tmp: Path, manifest: dict) -> None:
+        for name in manifest["files"]:
+            self.st.write_atomic(self.st.path(key.kind, key.digest, manifest["build"], name), (tmp / name).read_bytes())
+        mpath = self.st.path(key.kind, key.digest, MANIFEST)
+        if not self.st.publish_new(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode()):
+            log.info("artifact %s was published concurrently; discarding this build", key)
+            self.st.delete_dir(self.st.path(key.kind, key.digest, manifest["build"]))
+
+    def _quarantine(self, key: ArtifactKey) -> None:
+        folder = self._local(key)
+        if not self.st.local:  # drop the local copy; if the remote copy is bad, drop its manifest too
+            shutil.rmtree(folder, ignore_errors=True)
+            if not self.verify(key):
+                shutil.rmtree(folder, ignore_errors=True)
+                self.st.delete(self.st.path(key.kind, key.digest, MANIFEST))
+            return
         aside = folder.parent / f".{folder.name}.corrupt-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(folder, aside)  # atomic: readers never see a half-deleted artifact

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -92,34 +93,33 @@ def evaluate(model: nn.Module, data: Tensors, batch: int = 1024) -> dict[str, fl
 # ------------------------------------------------------------------ checkpoints
 @dataclass
 class Checkpointer:
-    """Atomic epoch checkpoints under `folder`, written at most every `interval_s` seconds."""
+    """Atomic epoch checkpoints in `folder` (a path or an object-store URI), at most every `interval_s` s."""
 
-    folder: Path | None
+    folder: str | os.PathLike | None
     interval_s: float = 60.0
     last: float = field(default_factory=time.monotonic)
 
-    @property
-    def file(self) -> Path | None:
-        return self.folder / "state.pt" if self.folder else None
+    def __post_init__(self) -> None:
+        from workers.storage import Storage
+
+        self.st = Storage(self.folder) if self.folder else None
+        self.file = self.st.path("state.pt") if self.st else None
 
     def load(self) -> dict | None:
-        if self.file is None or not self.file.exists():
+        if self.st is None or not self.st.exists(self.file):
             return None
         try:
-            return torch.load(self.file, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(self.st.read_bytes(self.file)), map_location="cpu", weights_only=True)
         except Exception as err:  # a torn or foreign file: start over rather than crash the trial
             log.warning("ignoring unreadable checkpoint %s: %s", self.file, err)
             return None
 
     def maybe_save(self, state: Callable[[], dict], force: bool = False) -> bool:
-        if self.file is None or (not force and time.monotonic() - self.last < self.interval_s):
+        if self.st is None or (not force and time.monotonic() - self.last < self.interval_s):
             return False
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".state.pt.tmp-{os.getpid()}"
-        torch.save(state(), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.file)
+        buf = io.BytesIO()
+        torch.save(state(), buf)
+        self.st.write_atomic(self.file, buf.getvalue())
         self.last = time.monotonic()
         return True
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import socket
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workers.config import TrialConfig
+from workers.storage import child_uri
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 class TrialContext:
     """Where a trial reads and writes: the shared artifact store and its own checkpoint folder."""
 
-    artifacts_root: Path
-    checkpoint_dir: Path | None = None
+    artifacts_root: str | Path                # a folder or an object-store URI
+    checkpoint_dir: str | Path | None = None  # likewise
     report: Callable[[dict], None] | None = None
     device: str | None = None
     checkpoint_interval_s: float = 60.0
@@ -119,7 +119,10 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
 
 def clear_checkpoint(ctx: TrialContext) -> None:
     if ctx.checkpoint_dir is not None:
-        shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
+        from workers.storage import Storage
+
+        st = Storage(ctx.checkpoint_dir)
+        st.delete_dir(st.base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrialConfig.from_json(json.loads(Path(args.trial_json).read_text()))
-    ctx = TrialContext(artifacts_root=Path(args.storage) / "artifacts", device=args.device,
+    ctx = TrialContext(artifacts_root=child_uri(args.storage, "artifacts"), device=args.device,
                        report=lambda row: log.info("progress %s", json.dumps(row)))
     metrics = run_trial(cfg, ctx)
     metrics.pop("history")

@@ -63,8 +63,8 @@ CASES = [
     ("bad-name-charset", sub("name: unit-spec", "name: 'my sweep!'"), "name:",
      ["'my sweep!'", "A-Z a-z 0-9 . _ -"]),
     ("name-not-string", sub("name: unit-spec", "name: [a]"), "name:", ["['a']", "not a valid sweep name"]),
-    ("object-store", sub("storage: ./ddsweep-runs", "storage: s3://bucket/runs"), "storage:",
-     ["'s3://bucket/runs'", "not supported", "local"]),
+    ("object-store-scheme", sub("storage: ./ddsweep-runs", "storage: foo://bucket/runs"), "storage:",
+     ["'foo://bucket/runs'", "not a usable storage URI", "s3://bucket/prefix"]),
     ("unknown-dataset", sub("{name: digits}", "{name: cifar10}"), "dataset.name:",
      ["'cifar10'", "not a known dataset", "choose one of digits"]),
     ("dataset-name-list", sub("{name: digits}", "{name: [digits]}"), "dataset.name:", ["['digits']", "digits"]),
@@ -273,9 +273,9 @@ def test_optional_sections_may_be_omitted():
 def test_storage_override():
     assert parse_spec(BASE, storage_override="/elsewhere").storage == "/elsewhere"
     with pytest.raises(SpecError) as info:
-        parse_spec(BASE, storage_override="gs://bucket")
-    assert info.value.problems == ["storage: 'gs://bucket': object-store URIs are not supported yet; "
-                                   "give a local or NFS path"]
+        parse_spec(BASE, storage_override="s3://bucket/x?bogus=1")
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("storage: 's3://bucket/x?bogus=1' is not a usable storage URI")
 
 
 def test_smoke_yaml_parses():
