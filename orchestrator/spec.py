@@ -175,7 +175,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
     teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
     if axes and dataset and budget and student:
-        _selector_rules(c, axes, dataset, student, budget, train)
+        _selector_rules(c, axes, dataset, student, budget, train, teacher)
     warnings: list[str] = []
     if axes:
         users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].meta.get("needs_teacher")]
@@ -196,7 +196,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
                      warnings=tuple(warnings), source=text)
 
 
-def _selector_rules(c: _Checker, axes: dict, dataset, student, budget, train) -> None:
+def _selector_rules(c: _Checker, axes: dict, dataset, student, budget, train, teacher) -> None:
     """Method-specific checks that need the whole trial (e.g. CAD's K >= J + W at every IPC)."""
     from workers.config import TrialConfig
 
@@ -204,7 +204,7 @@ def _selector_rules(c: _Checker, axes: dict, dataset, student, budget, train) ->
         rule = SELECTORS[sel.name].meta.get("validate")
         for ipc in axes["ipc"] if rule else ():
             msg = rule(sel, TrialConfig(dataset=dataset, student=student, selector=sel, regime="hl", ipc=ipc,
-                                        seed=0, budget=budget, train=train))
+                                        seed=0, budget=budget, train=train, teacher=teacher))
             if msg:
                 c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
                 break

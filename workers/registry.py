@@ -246,8 +246,9 @@ def _cad_problem(selector: Named, trial: TrialConfig) -> str | None:
     K = cad_scoring_epochs(trial)
     J, W = cad_window(selector.opts, K)
     if J < 2 or K < J + W:
+        fix = "raise the budget or lower W" + ("" if selector.opts["J"] == "auto" else ", or set J: auto")
         return (f"CAD needs K >= J + W and J >= 2, but at ipc {trial.ipc} the budget gives K = {K} scoring epochs "
-                f"(J = {J}, W = {W}); raise the budget, lower W, or set J: auto")
+                f"(J = {J}, W = {W}); {fix}")
     return None
 
 
@@ -277,14 +278,27 @@ _SRE2L = {
     "batch_classes": Option(100, int, "classes optimised together (one image each)", min=1),
     "crop_min_scale": Option(0.08, float, "RandomResizedCrop scale lower bound", min=0.01, max=1.0),
 }
+def _bn_teacher_problem(selector: Named, trial: TrialConfig) -> str | None:
+    """SRe2L/CDA match the teacher's BatchNorm statistics: refuse a teacher that has none, before launch."""
+    t = trial.teacher
+    if t is None:
+        return None
+    has_bn = t.arch.name == "resnet18" or (t.arch.name == "convnet" and t.arch.opts.get("norm") == "batch")
+    if not has_bn:
+        return (f"needs a teacher with BatchNorm layers; teacher arch {t.arch.label()} has none "
+                "(use teacher: {arch: convnet, norm: batch} or resnet18)")
+    return None
+
+
 SELECTORS.declare("sre2l", "SRe2L recover: synthesise images matching the teacher's BatchNorm statistics",
-                  "workers.distillers.sre2l:recover", _SRE2L, distiller=True, inputs=("teacher",))
+                  "workers.distillers.sre2l:recover", _SRE2L, distiller=True, inputs=("teacher",),
+                  validate=_bn_teacher_problem)
 SELECTORS.declare("cda", "CDA: SRe2L recover with a curriculum on the crop scale (1.0 down to crop_min_scale)",
                   "workers.distillers.sre2l:cda",
                   {**_SRE2L, "curriculum": Option("cosine", str, "crop-scale schedule",
                                                   choices=("step", "linear", "cosine")),
                    "milestone": Option(1.0, float, "fraction of iterations the curriculum spans", min=0.0, max=1.0)},
-                  distiller=True, inputs=("teacher",))
+                  distiller=True, inputs=("teacher",), validate=_bn_teacher_problem)
 SELECTORS.declare("rded", "RDED: observer-scored real crops, the most realistic stitched factor x factor",
                   "workers.distillers.rded:rded", _RDED, distiller=True, inputs=("teacher",))
 SELECTORS.declare("ca2d", "CA2D: RDED on a CAD-ranked pool (paper §5)", "workers.distillers.rded:ca2d",

@@ -349,3 +349,20 @@ def test_cli_validate_smoke_exits_0(tmp_path):
 
     assert f"ok ({len(expand(load_spec(REPO / 'sweeps' / 'smoke.yaml')))} trials)" in proc.stdout
     assert not (tmp_path / "ddsweep-runs").exists()  # validate writes nothing, even to the default storage
+
+
+def test_method_rules_are_checked_before_launch():
+    """CAD's K >= J + W at every IPC and SRe2L's BatchNorm teacher are errors at validation time."""
+    cad = sub("selector: [random]", "selector: [random, cad_prune]")
+    probs = problems_of(cad)
+    assert len(probs) == 1 and probs[0].startswith("grid.selector[1]: cad_prune(")
+    assert "K = 1 scoring epochs" in probs[0] and "ipc 1" in probs[0] and "raise the budget" in probs[0]
+    assert parse_spec(sub("budget: {epochs: 5}", "budget: {full_epochs: 6}", cad)).selectors[1].name == "cad_prune"
+
+    teacher = "teacher: {arch: convnet, depth: 2, epochs: 1}\n"
+    sre = sub("selector: [random]", "selector: [random, sre2l]", teacher + BASE)
+    probs = problems_of(sre)
+    assert len(probs) == 1 and probs[0].startswith("grid.selector[1]: sre2l(") and "BatchNorm" in probs[0]
+    ok = sre.replace("teacher: {arch: convnet, depth: 2, epochs: 1}", "teacher: {arch: convnet, depth: 2, norm: batch}")
+    assert parse_spec(ok).teacher.arch.opts["norm"] == "batch"
+    assert problems_of(sub("selector: [random]", "selector: [rded]"))[0].startswith("teacher: is required by")
