@@ -267,13 +267,15 @@ def test_cad_epochs_cifar100_and_rounding():
     assert isinstance(dyn.cad_epochs(300, 10, 100, 50000), int)
 
 
-def test_no_torch_import():
+def test_score_and_selection_kernels_never_import_torch():
     import ast
     import pathlib
 
-    src = pathlib.Path(dyn.__file__).read_text()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            assert all(not a.name.startswith("torch") for a in node.names)
-        if isinstance(node, ast.ImportFrom):
-            assert not (node.module or "").startswith("torch")
+    from workers.selectors import algorithms as alg
+
+    for module in (dyn, alg):
+        for node in ast.walk(ast.parse(pathlib.Path(module.__file__).read_text())):
+            if isinstance(node, ast.Import):
+                assert all(not a.name.startswith("torch") for a in node.names)
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("torch")

@@ -384,15 +384,3 @@ def test_d2_rng_tie_break_seeded():
     np.testing.assert_array_equal(a, alg.d2(x, s, 4, k=0, rng=_rng(1)))
     assert not np.array_equal(a, alg.d2(x, s, 4, k=0, rng=_rng(2)))
     np.testing.assert_array_equal(alg.d2(x, s, 4, k=0), np.arange(4))
-
-
-def test_no_torch_import():
-    import ast
-    import pathlib
-
-    src = pathlib.Path(alg.__file__).read_text()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            assert all(not a.name.startswith("torch") for a in node.names)
-        if isinstance(node, ast.ImportFrom):
-            assert not (node.module or "").startswith("torch")
