@@ -63,12 +63,15 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                  configure_logging=True, logging_level=logging.WARNING)
 
 
-def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float) -> None:
-    """Build missing shared stages as Ray tasks, de-duplicated, in dependency order."""
+def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float) -> dict[ArtifactKey, str]:
+    """Build missing shared stages as Ray tasks, de-duplicated, one dependency level at a time.
+
+    Returns {stage: error} for the stages that failed (their dependants are not attempted); the
+    caller records the trials that needed them as failed and runs the rest."""
     import ray
 
     if not keys:
-        return
+        return {}
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)
     def build_one(kind: str, config_json: str, root: str) -> str:
@@ -79,24 +82,37 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
         stages.build(key, ArtifactStore(root))
         return str(key)
 
-    t0 = time.time()
-    _say(f"building {len(keys)} shared stage(s)")
-    # Build in dependency levels (teacher, then features, then subsets ...); each level in parallel.
     from workers.registry import stage_deps
 
+    t0 = time.time()
+    _say(f"building {len(keys)} shared stage(s)")
     level: dict[ArtifactKey, int] = {}
     for k in keys:  # grid.stages_for lists dependencies before dependants
         level[k] = 1 + max((level.get(d, 0) for d in stage_deps(k)), default=0)
+    failed: dict[ArtifactKey, str] = {}
     done = 0
     for lv in sorted(set(level.values())):
-        batch = [k for k in keys if level[k] == lv]
+        batch = []
+        for k in (k for k in keys if level[k] == lv):
+            bad = [d for d in stage_deps(k) if d in failed]
+            if bad:
+                failed[k] = failed[bad[0]]  # the root cause, as the user has to fix it
+            else:
+                batch.append(k)
         refs = [build_one.remote(k.kind, k.config_json, artifacts_root) for k in batch]
-        for i, ref in enumerate(refs, 1):
-            ray.get(ref)
+        for i, (k, ref) in enumerate(zip(batch, refs), 1):
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayTaskError as err:
+                cause = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
+                msg = str(cause).strip().splitlines()[-1]
+                failed[k] = f"stage {k} failed: {msg}"
+                _say(f"  {failed[k]}")
             done += 1
             if i == len(refs) or i % 25 == 0:
-                _say(f"  stages built: {done}/{len(keys)} ({batch[0].kind} level {lv})")
-    _say(f"stages ready in {time.time() - t0:.1f}s")
+                _say(f"  stages built: {done}/{len(keys)} (level {lv})")
+    _say(f"stages ready in {time.time() - t0:.1f}s" + (f"; {len(failed)} failed" if failed else ""))
+    return failed
 
 
 def run(spec: SweepSpec, address: str | None = None, checkpoint_interval_s: float = 60.0) -> int:
@@ -123,7 +139,12 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     import ray
     from ray import tune
 
-    build_stages(plan.stages_missing, child_uri(spec.storage, "artifacts"), cpus=1, gpus=0)
+    failed_stages = build_stages(plan.stages_missing, child_uri(spec.storage, "artifacts"), cpus=1, gpus=0)
+    if failed_stages:
+        plan.pending = _drop_trials_of_failed_stages(spec, plan.pending, failed_stages)
+        if not plan.pending:
+            _say("no trial can run: every pending trial needs a failed stage")
+            return 1
 
     from orchestrator.trainable import trainable
 
@@ -165,6 +186,25 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     if not address:
         ray.shutdown()
     return 0 if not missing else 1
+
+
+def _drop_trials_of_failed_stages(spec: SweepSpec, pending: list[TrialConfig],
+                                  failed: dict[ArtifactKey, str]) -> list[TrialConfig]:
+    """Record trials whose stages failed as failures (failures/<trial_id>.json); return the others."""
+    from workers.registry import requires, stage_deps
+
+    def closure(key: ArtifactKey) -> list[ArtifactKey]:
+        return [key] + [k for d in stage_deps(key) for k in closure(d)]
+
+    keep = []
+    for t in pending:
+        bad = [k for r in requires(t) for k in closure(r) if k in failed]
+        if bad:
+            results.record_failure(spec.storage, spec.name, t.trial_id, t.trial_name, 0, failed[bad[0]], "")
+        else:
+            keep.append(t)
+    _say(f"{len(pending) - len(keep)} trial(s) skipped because a stage they need failed")
+    return keep
 
 
 def _with_storage(spec: SweepSpec, storage: str) -> SweepSpec:

@@ -299,14 +299,26 @@ SELECTORS.declare("cda", "CDA: SRe2L recover with a curriculum on the crop scale
                                                   choices=("step", "linear", "cosine")),
                    "milestone": Option(1.0, float, "fraction of iterations the curriculum spans", min=0.0, max=1.0)},
                   distiller=True, inputs=("teacher",), validate=_bn_teacher_problem)
+def _rded_pool_problem(selector: Named, trial: TrialConfig) -> str | None:
+    """RDED keeps the best crop of each pool image, then IPC * factor^2 of them: the pool must be that large."""
+    o = selector.opts
+    side = describe_dataset(trial.dataset.name, trial.dataset.root, trial.dataset.opts)["image_shape"][-1]
+    factor = (2 if side >= 64 else 1) if o["factor"] == "auto" else o["factor"]
+    need = trial.ipc * factor * factor
+    if o.get("pool", "cad_top") == "cad_top" and o["mipc"] < need:
+        return f"mipc = {o['mipc']} pool images per class cannot give ipc x factor^2 = {need} patches; raise mipc"
+    return None
+
+
 SELECTORS.declare("rded", "RDED: observer-scored real crops, the most realistic stitched factor x factor",
-                  "workers.distillers.rded:rded", _RDED, distiller=True, inputs=("teacher",))
+                  "workers.distillers.rded:rded", _RDED, distiller=True, inputs=("teacher",),
+                  validate=_rded_pool_problem)
 SELECTORS.declare("ca2d", "CA2D: RDED on a CAD-ranked pool (paper §5)", "workers.distillers.rded:ca2d",
                   {**_RDED, **_CAD_OPTIONS,
                    "pool": Option("cad_top", str, "cad_top: top-mipc per class by CAD; cad_coreset: the "
                                   "IPC*factor^2 CAD coreset", choices=("cad_top", "cad_coreset"))},
                   distiller=True, inputs=("teacher", "dynamics"), epochs_fn=cad_scoring_epochs,
-                  validate=_cad_problem)
+                  validate=lambda sel, trial: _cad_problem(sel, trial) or _rded_pool_problem(sel, trial))
 
 # ---------------------------------------------------------------- stage kinds
 STAGES.declare("subset", "class-balanced training subset chosen by a selector (indices into train)",

@@ -119,3 +119,22 @@ def test_importing_the_orchestrator_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_a_failing_stage_fails_only_the_trials_that_need_it(tmp_path, cli_env):
+    weights = tmp_path / "broken.pt"
+    weights.write_bytes(b"not a state dict")  # exists, so validation passes; the teacher stage fails
+    sweep = write_sweep(tmp_path / "s.yaml", name="stagefail", ipc=(2,), seeds=(0,), epochs=5,
+                        extra=f"teacher: {{arch: convnet, depth: 2, width: 16, weights: {weights}}}\n")
+    text = sweep.read_text().replace("selector: [random]", "selector: [random, herding]")
+    sweep.write_text(text)
+    out = run_cli(["run", str(sweep)], cli_env)
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert "failed" in out.stdout and "not a readable state_dict" in out.stdout
+    store = tmp_path / "store"
+    df = results.load(store, "stagefail")
+    assert list(df["selector"]) == ["random"]
+    fails = results.failures(store, "stagefail")
+    assert len(fails) == 1 and "herding" in next(iter(fails.values()))["trial_name"]
+    status = run_cli(["status", str(sweep)], cli_env)
+    assert "1 done, 0 started, 1 failed, 0 pending" in status.stdout and "not a readable state_dict" in status.stdout
