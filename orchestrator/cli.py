@@ -46,11 +46,18 @@ def cmd_plan(args) -> int:
         print(f"  stage {kind}: {n} needed by pending trials, {missing.get(kind, 0)} to build")
     info = describe_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
     n_full, n_cls = info["num_train"], len(info["class_names"])
-    print(f"  budget {spec.budget.unit}={spec.budget.value:g} (train split N={n_full}, batch {spec.train.batch_size}):")
-    for ipc in spec.ipcs:
-        bp = budget_plan(spec.budget, ipc * n_cls, n_full, spec.train.batch_size)
-        print(f"    ipc {ipc:>4}: {bp.images_seen} images, {bp.steps} steps, {bp.subset_epochs:.1f} subset epochs, "
-              f"{bp.full_epochs:.2f} full epochs")
+    batches = {r: spec.recipes[r].batch_size for r in spec.regimes}
+    for batch in sorted(set(batches.values())):
+        who = ", ".join(r for r, b in batches.items() if b == batch)
+        print(f"  budget {spec.budget.unit}={spec.budget.value:g} (train split N={n_full}, batch {batch}: {who}):")
+        for ipc in spec.ipcs:
+            bp = budget_plan(spec.budget, ipc * n_cls, n_full, batch)
+            print(f"    ipc {ipc:>4}: {bp.images_seen} images, {bp.steps} steps, {bp.subset_epochs:.1f} subset "
+                  f"epochs, {bp.full_epochs:.2f} full epochs")
+    for r in spec.regimes:
+        t = spec.recipes[r]
+        print(f"  recipe {r}: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}"
+              + (f", T {t.temperature:g}{' x T^2' if t.t2_scale else ''}" if r != "hl" else ""))
     return 0
 
 

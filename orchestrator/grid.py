@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from workers.config import ArtifactKey, TrialConfig
-from workers.registry import needs_teacher, requires, stage_deps
+from workers.registry import needs_teacher, reads_dynamics, requires, stage_deps
 
 from orchestrator.spec import SweepSpec
 
@@ -32,8 +32,12 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
             continue
         # The teacher is part of a trial (and of its id) only when the trial uses it.
         teacher = spec.teacher if needs_teacher(selector, regime) else None
+        # Score runs train with hard labels on full data: their recipe never depends on the trial's regime,
+        # so the subset (and its key) is the same for hl, sl and sl_kd.
+        scoring = spec.train if reads_dynamics(selector) else None
         trials.append(TrialConfig(dataset=spec.dataset, student=spec.student, selector=selector, regime=regime,
-                                  ipc=ipc, seed=seed, budget=spec.budget, train=spec.train, teacher=teacher))
+                                  ipc=ipc, seed=seed, budget=spec.budget, train=spec.recipes[regime],
+                                  teacher=teacher, scoring=scoring))
     return trials
 
 

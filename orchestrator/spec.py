@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class SweepSpec:
     resources: Resources
     exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()
     teacher: TeacherConfig | None = None
+    recipes: dict = field(default_factory=dict)  # regime -> TrainConfig; `train` is hl's, also used by score runs
     warnings: tuple[str, ...] = ()
     source: str = ""
 
@@ -170,7 +171,8 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     budget = _budget(c, doc.get("budget")) if "budget" in doc else None
     selector_defaults = _selector_defaults(c, doc.get("selectors", {}))
     axes = _grid(c, doc.get("grid"), selector_defaults, ds_info) if "grid" in doc else None
-    train = _train(c, doc.get("train", {}))
+    recipes = _train(c, doc.get("train", {}))
+    train = recipes["hl"]  # also the recipe of full-data score runs (they train with hard labels)
     resources = _resources(c, doc.get("resources", {}))
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
     teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
@@ -183,16 +185,17 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         if users and "teacher" not in doc:
             c.err("teacher", f"is required by {', '.join(dict.fromkeys(users))}; add e.g. "
                              "teacher: {arch: convnet, epochs: 30} (trained here) or teacher: {arch: ..., weights: PATH}")
-        soft = [r for r in axes["regime"] if r != "hl"]
-        if soft and train.optimizer == "sgd" and not train.t2_scale:
-            warnings.append(f"train: SGD with soft-label regimes ({', '.join(soft)}) and t2_scale: false divides the "
-                            f"effective learning rate by T^2 = {train.temperature ** 2:g} (METHODS.md §1.4)")
+        for r in axes["regime"]:
+            t = recipes[r]
+            if r != "hl" and t.optimizer == "sgd" and not t.t2_scale:
+                warnings.append(f"train.{r}: SGD with soft labels and t2_scale: false divides the effective learning "
+                                f"rate by T^2 = {t.temperature ** 2:g} (METHODS.md §1.4)")
 
     if c.problems:
         raise SpecError(c.problems, source)
     return SweepSpec(name=name, storage=storage, dataset=dataset, student=student, budget=budget,
                      selectors=axes["selector"], regimes=axes["regime"], ipcs=axes["ipc"], seeds=axes["seed"],
-                     train=train, resources=resources, exclude=exclude, teacher=teacher,
+                     train=train, recipes=recipes, resources=resources, exclude=exclude, teacher=teacher,
                      warnings=tuple(warnings), source=text)
 
 
@@ -414,14 +417,12 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
     return out if len(c.problems) == before else None
 
 
-def _train(c: _Checker, value: Any) -> TrainConfig:
-    allowed = tuple(f.name for f in fields(TrainConfig))
-    d = c.mapping(value if value is not None else {}, "train", allowed) or {}
+def _train_fields(c: _Checker, d: dict, prefix: str) -> dict[str, Any]:
     good = {}
     for f in fields(TrainConfig):
         if f.name not in d:
             continue
-        v, path = d[f.name], f"train.{f.name}"
+        v, path = d[f.name], f"{prefix}.{f.name}"
         if f.name in TRAIN_CHOICES:
             if v not in TRAIN_CHOICES[f.name]:
                 c.err(path, f"{v!r} is not allowed; choose one of {', '.join(TRAIN_CHOICES[f.name])}")
@@ -445,7 +446,20 @@ def _train(c: _Checker, value: Any) -> TrainConfig:
         else:
             v = float(v)
         good[f.name] = v
-    return TrainConfig(**good)
+    return good
+
+
+def _train(c: _Checker, value: Any) -> dict[str, TrainConfig]:
+    """One recipe per regime: the regime's METHODS.md defaults < `train:` < `train.<regime>:`."""
+    allowed = tuple(f.name for f in fields(TrainConfig)) + tuple(REGIMES.names())
+    d = c.mapping(value if value is not None else {}, "train", allowed) or {}
+    common = _train_fields(c, d, "train")
+    recipes = {}
+    for r in REGIMES.names():
+        own = c.mapping(d.get(r) if d.get(r) is not None else {}, f"train.{r}",
+                        tuple(f.name for f in fields(TrainConfig))) or {}
+        recipes[r] = TrainConfig(**{**REGIMES[r].meta.get("recipe", {}), **common, **_train_fields(c, own, f"train.{r}")})
+    return recipes
 
 
 def _resources(c: _Checker, value: Any) -> Resources:

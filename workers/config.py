@@ -136,6 +136,7 @@ class TrialConfig:
     budget: BudgetConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig | None = None  # present only when the trial uses it (soft labels, teacher features)
+    scoring: TrainConfig | None = None    # recipe of the full-data score runs, when the selector reads them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +149,7 @@ class TrialConfig:
             "budget": self.budget.to_json(),
             "train": self.train.to_json(),
             "teacher": self.teacher.to_json() if self.teacher else None,
+            **({"scoring": self.scoring.to_json()} if self.scoring else {}),
         }
 
     @property
@@ -156,9 +158,16 @@ class TrialConfig:
 
     @property
     def trial_name(self) -> str:
+        """For people: `el2n_window-offset0.8-hl-ipc10-s0`; only selector options that differ from their
+        registry defaults are spelled out (the id covers all of them)."""
+        from workers.registry import SELECTORS
+
+        entry = SELECTORS[self.selector.name] if self.selector.name in SELECTORS else None
         sel = self.selector.name
-        if self.selector.options:
-            sel += "-" + "-".join(f"{k}{v}" for k, v in self.selector.options)
+        changed = [(k, v) for k, v in self.selector.options
+                   if entry is None or k not in entry.options or entry.options[k].default != v]
+        if changed:
+            sel += "-" + "-".join(f"{k}{v}" for k, v in changed)
         return f"{sel}-{self.regime}-ipc{self.ipc}-s{self.seed}"
 
     @classmethod
@@ -174,6 +183,7 @@ class TrialConfig:
             budget=BudgetConfig(unit=d["budget"]["unit"], value=d["budget"]["value"]),
             train=TrainConfig(**d.get("train", {})),
             teacher=TeacherConfig.from_json(d["teacher"]) if d.get("teacher") else None,
+            scoring=TrainConfig(**d["scoring"]) if d.get("scoring") else None,
         )
 
 

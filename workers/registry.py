@@ -159,11 +159,20 @@ ARCHS.declare(
 )
 
 # ---------------------------------------------------------------- regimes
-REGIMES.declare("hl", "hard labels: cross-entropy on one-hot targets, no teacher", "workers.regimes:hl")
+# recipe = the regime's default student recipe (METHODS.md §2.3, the paper's small-scale Table 4). The
+# sweep's `train:` overrides it for every regime, `train.<regime>:` for one. Reconstructions: HL
+# momentum/wd (0.9 / 5e-4, as reproductions), SL wd 0.01, batch 256 for SL+KD, crop_flip for DSA.
+REGIMES.declare("hl", "hard labels: cross-entropy on one-hot targets, no teacher", "workers.regimes:hl",
+                recipe={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+                        "batch_size": 256, "augment": "crop_flip"})
 REGIMES.declare("sl", "one fixed teacher soft label per image (clean view), reused for every augmented view",
-                "workers.regimes:sl", needs_teacher=True)
+                "workers.regimes:sl", needs_teacher=True,
+                recipe={"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "schedule": "cosine",
+                        "batch_size": 256, "augment": "crop_flip", "temperature": 20.0})
 REGIMES.declare("sl_kd", "a fresh teacher soft label for every RRC+flip+CutMix view (train.kd_backend: online "
-                "| stored)", "workers.regimes:sl_kd", needs_teacher=True)
+                "| stored)", "workers.regimes:sl_kd", needs_teacher=True,
+                recipe={"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "schedule": "half_cosine",
+                        "batch_size": 256, "temperature": 20.0})
 
 # ---------------------------------------------------------------- selectors
 # meta: inputs = stages the selection reads ("features": teacher penultimate features;
@@ -353,6 +362,10 @@ def needs_teacher(selector: Named, regime: str) -> bool:
     return bool(REGIMES[regime].meta.get("needs_teacher")) or "features" in inputs or "teacher" in inputs
 
 
+def reads_dynamics(selector: Named) -> bool:
+    return "dynamics" in SELECTORS[selector.name].meta.get("inputs", ())
+
+
 def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
     meta = SELECTORS[trial.selector.name].meta
     keys = []
@@ -367,7 +380,7 @@ def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
     if "dynamics" in meta.get("inputs", ()):
         opts = trial.selector.opts
         epochs = meta["epochs_fn"](trial) if "epochs_fn" in meta else opts[meta["epochs_option"]]
-        keys += [dynamics_key(trial.dataset, trial.student, trial.train, epochs, run)
+        keys += [dynamics_key(trial.dataset, trial.student, trial.scoring or trial.train, epochs, run)
                  for run in range(opts.get("runs", 1))]
     return keys
 

@@ -127,7 +127,7 @@ name: unit-grid
 
 def test_ids_independent_of_spelled_out_defaults_and_number_spelling():
     plain = sweep()
-    explicit = sweep(train="{optimizer: adamw, lr: 0.01, batch_size: 32, schedule: cosine, momentum: 0.9}")
+    explicit = sweep(train="{optimizer: adamw, lr: 0.01, batch_size: 32, schedule: step, momentum: 0.9}")
     explicit = explicit.replace("{arch: convnet, depth: 2, width: 16}",
                                 "{arch: convnet, depth: 2, width: 16, norm: instance}")
     explicit = explicit.replace("{name: digits}", "{name: digits, image_size: 8, test_fraction: 0.2}")

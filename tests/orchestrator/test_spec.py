@@ -239,7 +239,7 @@ def test_valid_base_parses_with_defaults_filled():
     assert [s.name for s in spec.selectors] == ["random"]
     assert spec.regimes == ("hl",) and spec.ipcs == (1, 2) and spec.seeds == (0, 1)
     assert spec.train.optimizer == "adamw" and spec.train.lr == 0.01 and spec.train.batch_size == 32
-    assert spec.train.schedule == "cosine"  # default
+    assert spec.train.schedule == "step"  # the hl default (METHODS.md §2.3)
     assert spec.resources.cpus_per_trial == 1.0 and spec.resources.gpus_per_trial == 0.0
     assert spec.resources.max_concurrent is None and spec.resources.max_failures == 2
     assert spec.exclude == ()
@@ -267,7 +267,8 @@ def test_optional_sections_may_be_omitted():
                    if not line.startswith(("storage:", "train:", "resources:")))
     spec = parse_spec(text)
     assert spec.storage == "./ddsweep-runs"
-    assert spec.train.lr == 0.001 and spec.resources.cpus_per_trial == 1.0
+    assert spec.train.lr == 0.01 and spec.train.optimizer == "sgd"  # the hl recipe of METHODS.md §2.3
+    assert spec.recipes["sl"].lr == 0.001 and spec.resources.cpus_per_trial == 1.0
 
 
 def test_storage_override():
@@ -366,3 +367,36 @@ def test_method_rules_are_checked_before_launch():
     ok = sre.replace("teacher: {arch: convnet, depth: 2, epochs: 1}", "teacher: {arch: convnet, depth: 2, norm: batch}")
     assert parse_spec(ok).teacher.arch.opts["norm"] == "batch"
     assert problems_of(sub("selector: [random]", "selector: [rded]"))[0].startswith("teacher: is required by")
+
+
+def test_recipes_per_regime_resolve_defaults_then_train_then_regime_overrides():
+    text = "teacher: {arch: convnet, depth: 2, epochs: 1}\n" + sub(
+        "train: {optimizer: adamw, lr: 0.01, batch_size: 32}",
+        "train: {batch_size: 32, sl_kd: {kd_backend: stored, lr: 0.002}, hl: {optimizer: adam}}",
+        sub("regime: [hl]", "regime: [hl, sl, sl_kd]"))
+    spec = parse_spec(text)
+    hl, sl, kd = (spec.recipes[r] for r in ("hl", "sl", "sl_kd"))
+    assert (hl.optimizer, hl.lr, hl.schedule, hl.batch_size) == ("adam", 0.01, "step", 32)      # METHODS hl + overrides
+    assert (sl.optimizer, sl.lr, sl.schedule, sl.batch_size) == ("adamw", 0.001, "cosine", 32)
+    assert (kd.optimizer, kd.lr, kd.schedule, kd.kd_backend) == ("adamw", 0.002, "half_cosine", "stored")
+    from orchestrator.grid import expand
+
+    trials = expand(spec)
+    assert {t.regime: t.train for t in trials} == {"hl": hl, "sl": sl, "sl_kd": kd}
+    assert problems_of(sub("train: {optimizer: adamw, lr: 0.01, batch_size: 32}",
+                           "train: {sl: {lr: -1}}"))[0].startswith("train.sl.lr:")
+
+
+def test_score_runs_do_not_depend_on_the_regime_recipe():
+    from orchestrator.grid import expand
+    from workers.registry import subset_key
+
+    text = "teacher: {arch: convnet, depth: 2, epochs: 1}\nselectors: {el2n: {runs: 1, epoch: 2}}\n" + sub(
+        "train: {optimizer: adamw, lr: 0.01, batch_size: 32}", "train: {sl: {lr: 0.005, batch_size: 8}}",
+        sub("regime: [hl]", "regime: [hl, sl]", sub("selector: [random]", "selector: [el2n]")))
+    trials = expand(parse_spec(text))
+    by_seed_ipc = {}
+    for t in trials:
+        by_seed_ipc.setdefault((t.ipc, t.seed), set()).add(subset_key(t))
+        assert t.scoring == trials[0].scoring and t.scoring.batch_size == 256  # the hl recipe
+    assert all(len(keys) == 1 for keys in by_seed_ipc.values())
