@@ -156,8 +156,6 @@ def _check_ends(y, hard, easy, score, ipc, num_classes):
 
 
 def test_el2n_keeps_the_hard_end_and_el2n_easy_the_easy_end(trials, splits, stores):
-    if not {"el2n", "el2n_easy"} <= set(NAMES):
-        pytest.skip("el2n selectors not registered")
     epoch = trials["el2n", 4, 0].selector.opts["epoch"]
     el2n = _dynamics(trials, stores, "el2n", "el2n")  # runs x (epochs + 1) x N
     assert el2n.shape[0] == trials["el2n", 4, 0].selector.opts["runs"]
@@ -167,8 +165,6 @@ def test_el2n_keeps_the_hard_end_and_el2n_easy_the_easy_end(trials, splits, stor
 
 
 def test_forgetting_keeps_the_most_forgotten_and_forgetting_easy_the_least(trials, splits, stores):
-    if not {"forgetting", "forgetting_easy"} <= set(NAMES):
-        pytest.skip("forgetting selectors not registered")
     correct = _dynamics(trials, stores, "forgetting", "correct")[0].astype(bool)  # epochs x N
     k = correct.shape[0]
     assert k == trials["forgetting", 4, 0].selector.opts["epochs"]
