@@ -33,20 +33,20 @@ def snapshot(storage: Path, sweep: str) -> dict[str, tuple]:
 def test_smoke_sweep_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, cli_env):
     out = run_cli(["run", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "done 126/126" in out.stdout
+    assert "done 144/144" in out.stdout
     df = results.load(tmp_path, "smoke")
-    assert len(df) == 126 and df["trial_id"].is_unique
+    assert len(df) == 144 and df["trial_id"].is_unique
     assert set(df["ipc"]) == {1, 5, 10} and set(df["seed"]) == {0, 1} and set(df["regime"]) == {"hl", "sl", "sl_kd"}
     # sane accuracies: chance is 0.10 on digits
     by_ipc = df.groupby("ipc")["top1"].mean()
     assert by_ipc[1] > 0.25 and by_ipc[5] > 0.6 and by_ipc[10] > 0.8
     assert (df["images_seen"] == 5 * 1338).all() and (df["full_epochs"] == 5.0).all()  # compute-matched
     # one subset per (selector, ipc, seed), shared by the three regimes
-    assert df["subset_key"].nunique() == 7 * 3 * 2
+    assert df["subset_key"].nunique() == 8 * 3 * 2
     assert (df.groupby(["selector", "ipc", "seed"])["subset_key"].nunique() == 1).all()
     assert df.loc[df["regime"] == "hl", "teacher_arch"].isna().sum() == 18  # random/el2n/cad hl: no teacher
     # every distiller trains under all three regimes
-    assert (df[df["selector"].isin(["rded", "ca2d", "sre2l"])].groupby("selector")["regime"].nunique() == 3).all()
+    assert (df[df["selector"].isin(["rded", "ca2d", "sre2l", "cda"])].groupby("selector")["regime"].nunique() == 3).all()
     assert (df.loc[df["regime"] == "sl", "soft_label_bytes"] == df["ipc"] * 10 * 10 * 4).all()
     # the id is the hash of the stored config: a row says exactly what produced it
     assert all(short_hash(json.loads(r.config_json)) == r.trial_id for r in df.itertuples())
@@ -55,11 +55,11 @@ def test_smoke_sweep_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, cli_e
     before = snapshot(tmp_path, "smoke")
 
     again = run_cli(["run", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
-    assert again.returncode == 0 and "126 done, 0 pending" in again.stdout and "nothing to run" in again.stdout
+    assert again.returncode == 0 and "144 done, 0 pending" in again.stdout and "nothing to run" in again.stdout
     assert snapshot(tmp_path, "smoke") == before
 
     status = run_cli(["status", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
-    assert "126 trials: 126 done, 0 started, 0 failed, 0 pending" in status.stdout
+    assert "144 trials: 144 done, 0 started, 0 failed, 0 pending" in status.stdout
     report = run_cli(["report", "sweeps/smoke.yaml", "--storage", str(tmp_path)], cli_env)
     assert report.returncode == 0 and "random" in report.stdout
     assert (tmp_path / "smoke" / "report" / "accuracy.csv").exists()

@@ -279,3 +279,24 @@ def test_score_and_selection_kernels_never_import_torch():
                 assert all(not a.name.startswith("torch") for a in node.names)
             if isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith("torch")
+
+
+def test_cad_scoring_epochs_follow_the_trial_budget_and_ipc():
+    """METHODS.md §2.4: K = round(E_down * IPC * C / N) = the trial's full-dataset-equivalent epochs."""
+    from dataclasses import replace
+
+    from orchestrator.grid import expand
+    from orchestrator.spec import parse_spec
+    from workers.config import BudgetConfig
+    from workers.registry import cad_scoring_epochs
+
+    t = expand(parse_spec("""
+name: k
+dataset: {name: digits}
+student: {arch: convnet, depth: 2}
+budget: {epochs: 300}
+grid: {selector: [cad_prune], regime: [hl], ipc: [10, 50], seed: [0]}
+"""))
+    assert [cad_scoring_epochs(x) for x in t] == [round(300 * 10 * 10 / 1338), round(300 * 50 * 10 / 1338)] == [22, 112]
+    assert cad_scoring_epochs(replace(t[0], budget=BudgetConfig("full_epochs", 7.0))) == 7
+    assert cad_scoring_epochs(replace(t[1], budget=BudgetConfig("full_epochs", 7.0))) == 7
