@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ DDSWEEP = str(BIN / "ddsweep")
 
 
 def checkpoints(store, sweep) -> list:
-    folder = results.sweep_dir(store, sweep) / "checkpoints"
+    folder = Path(results.sweep_dir(store, sweep)) / "checkpoints"
     return list(folder.glob("*/state.pt")) if folder.is_dir() else []
 
 
@@ -88,7 +89,7 @@ def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path,
             os.killpg(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
-        before = {p.name: p.stat().st_ino for p in results.results_dir(store, "chaos").glob("*.parquet")}
+        before = {p.name: p.stat().st_ino for p in Path(results.results_dir(store, "chaos")).glob("*.parquet")}
         df = results.load(store, "chaos")
         assert df["trial_id"].is_unique and len(df) == len(before)
     assert kills >= 2
@@ -101,6 +102,6 @@ def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path,
 
     grid = {t.trial_id for t in expand(load_spec(sweep))}
     assert set(df["trial_id"]) == grid and len(df) == len(grid) == 9
-    files = list(results.results_dir(store, "chaos").iterdir())
+    files = list(Path(results.results_dir(store, "chaos")).iterdir())
     assert len(files) == 9 and not any(f.name.startswith(".") for f in files)
     assert (df["images_seen"] == df["ipc"] * 10 * 120).all()

@@ -26,7 +26,8 @@ def run_cli(args, env, timeout=600) -> subprocess.CompletedProcess:
 
 def snapshot(storage: Path, sweep: str) -> dict[str, tuple]:
     df = results.load(storage, sweep)
-    stats = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in results.results_dir(storage, sweep).glob("*.parquet")}
+    folder = Path(results.results_dir(storage, sweep))
+    stats = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.parquet")}
     return {r.trial_id: (r.started_at, r.top1, stats[r.trial_id]) for r in df.itertuples()}
 
 
@@ -38,8 +39,10 @@ def test_smoke_sweep_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, cli_e
     assert len(df) == 144 and df["trial_id"].is_unique
     assert set(df["ipc"]) == {1, 5, 10} and set(df["seed"]) == {0, 1} and set(df["regime"]) == {"hl", "sl", "sl_kd"}
     # sane accuracies: chance is 0.10 on digits
-    by_ipc = df.groupby("ipc")["top1"].mean()
-    assert by_ipc[1] > 0.25 and by_ipc[5] > 0.6 and by_ipc[10] > 0.8
+    real = df[df["selector"].isin(["random", "herding", "el2n_easy", "cad_prune", "rded", "ca2d"])]
+    by_ipc = real.groupby("ipc")["top1"].mean()
+    assert by_ipc[1] > 0.5 and by_ipc[5] > 0.8 and by_ipc[10] > 0.85, by_ipc
+    assert (df.groupby("selector")["top1"].mean() > 0.25).all()  # even 40-iteration SRe2L/CDA beat chance
     assert (df["images_seen"] == 5 * 1338).all() and (df["full_epochs"] == 5.0).all()  # compute-matched
     # one subset per (selector, ipc, seed), shared by the three regimes
     assert df["subset_key"].nunique() == 8 * 3 * 2
@@ -47,7 +50,8 @@ def test_smoke_sweep_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, cli_e
     assert df.loc[df["regime"] == "hl", "teacher_arch"].isna().sum() == 18  # random/el2n/cad hl: no teacher
     # every distiller trains under all three regimes
     assert (df[df["selector"].isin(["rded", "ca2d", "sre2l", "cda"])].groupby("selector")["regime"].nunique() == 3).all()
-    assert (df.loc[df["regime"] == "sl", "soft_label_bytes"] == df["ipc"] * 10 * 10 * 4).all()
+    sl = df[df["regime"] == "sl"]
+    assert (sl["soft_label_bytes"] == sl["ipc"] * 10 * 10 * 4).all()  # n x C float32, one label per image
     # the id is the hash of the stored config: a row says exactly what produced it
     assert all(short_hash(json.loads(r.config_json)) == r.trial_id for r in df.itertuples())
     assert df["ray_version"].eq("2.60.0").all() and df["attempt"].eq(1).all()
@@ -104,7 +108,7 @@ def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     df = results.load(store, "tiny")
     assert len(df) == 9 and df["trial_id"].is_unique
-    assert len(list(results.results_dir(store, "tiny").glob("*.parquet"))) == 9
+    assert len(list(Path(results.results_dir(store, "tiny")).glob("*.parquet"))) == 9
     final = snapshot(store, "tiny")
     assert {k: final[k] for k in first} == first  # rows written before the kill are untouched
 

@@ -138,7 +138,7 @@ def test_job_submit_stop_kill_and_resubmit(tmp_path, ns_cluster):
 
     # 2. resubmit; SIGKILL the driver (the pid named in the sweep's lock) mid-sweep
     submit(c, sweep, store, "ddsweep-jobs-2")
-    lock = results.sweep_dir(store, "jobs") / "driver.lock"
+    lock = Path(results.sweep_dir(store, "jobs")) / "driver.lock"
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and list((store / "jobs" / "checkpoints").glob("*/state.pt"))):
         time.sleep(0.3)
@@ -153,6 +153,6 @@ def test_job_submit_stop_kill_and_resubmit(tmp_path, ns_cluster):
     assert "[ddsweep] sweep 'jobs'" in logs and "[ddsweep] done" in logs and "trials have a row" in logs
     df = results.load(store, "jobs")
     assert len(df) == 6 and df["trial_id"].is_unique
-    assert len(list(results.results_dir(store, "jobs").glob("*.parquet"))) == 6
+    assert len(list(Path(results.results_dir(store, "jobs")).glob("*.parquet"))) == 6
     assert all(df.set_index("trial_id").loc[t, "started_at"] == s for t, s in first.items())
     assert (df["attempt"] >= 2).any() and (df["resumed_from_epoch"] > 0).any(), "no trial resumed from a checkpoint"
