@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import traceback
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from workers import __version__
