@@ -91,15 +91,16 @@ def check_balanced(idx: np.ndarray, labels: np.ndarray, num_classes: int, ipc: i
 
 
 def build(key: ArtifactKey, store: ArtifactStore) -> Path:
-    """Build one stage (its dependencies first, if missing) and publish it. Idempotent."""
+    """Build one stage (its dependencies first, if missing) and publish it. Idempotent.
+
+    An artifact that exists is checked against its manifest (once per process) and rebuilt when a
+    file is missing or its checksum differs, so a trial never reads a corrupted artifact.
+    """
     from workers.registry import STAGES
 
     for dep in stage_deps(key):
         build(dep, store)
-    if store.exists(key):
-        return store.path(key)
-    fn = STAGES[key.kind].load()
-    return store.build(key, lambda tmp: fn(key, store, tmp))
+    return store.build(key, lambda tmp: STAGES[key.kind].load()(key, store, tmp))
 
 
 def load_subset(key: ArtifactKey, store: ArtifactStore) -> np.ndarray:

@@ -38,6 +38,23 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
     assert a["subset_key"] != c["subset_key"] and a["loss"] != c["loss"]
 
 
+def test_a_corrupted_subset_artifact_is_rebuilt_before_the_trial_reads_it(tmp_path, caplog):
+    import numpy as np
+
+    from workers.registry import subset_key
+
+    cfg = make_cfg(budget=BudgetConfig("epochs", 3))
+    a = run_trial(cfg, TrialContext(artifacts_root=tmp_path))
+    indices = tmp_path / "subset" / subset_key(cfg).digest / "indices.npy"
+    good = np.load(indices)
+    np.save(indices, np.arange(len(good)))  # a valid .npy with the wrong content: only the checksum can tell
+    with caplog.at_level("WARNING"):
+        b = run_trial(cfg, TrialContext(artifacts_root=tmp_path))
+    assert "fails its manifest checksums" in caplog.text
+    assert np.array_equal(np.load(indices), good)
+    assert a["loss"] == b["loss"] and a["top1"] == b["top1"]
+
+
 def test_resumed_trial_ends_like_an_uninterrupted_one(tmp_path):
     from workers import train as train_mod
 
