@@ -72,7 +72,7 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
     if not keys:
         return {}
 
-    @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)
+    @ray.remote(num_cpus=cpus, num_gpus=0, max_retries=2)
     def build_one(kind: str, config_json: str, root: str) -> str:
         from workers import stages
         from workers.artifacts import ArtifactStore
@@ -81,7 +81,7 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
         stages.build(key, ArtifactStore(root))
         return str(key)
 
-    from workers.registry import stage_deps
+    from workers.registry import stage_deps, stage_uses_accelerator
 
     t0 = time.time()
     _say(f"building {len(keys)} shared stage(s)")
@@ -98,7 +98,8 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
                 failed[k] = failed[bad[0]]  # the root cause, as the user has to fix it
             else:
                 batch.append(k)
-        refs = [build_one.remote(k.kind, k.config_json, artifacts_root) for k in batch]
+        refs = [build_one.options(num_gpus=gpus if stage_uses_accelerator(k) else 0)
+                .remote(k.kind, k.config_json, artifacts_root) for k in batch]
         for i, (k, ref) in enumerate(zip(batch, refs), 1):
             try:
                 ray.get(ref)
@@ -138,7 +139,9 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     import ray
     from ray import tune
 
-    failed_stages = build_stages(plan.stages_missing, child_uri(spec.storage, "artifacts"), cpus=1, gpus=0)
+    res = spec.resources
+    failed_stages = build_stages(plan.stages_missing, child_uri(spec.storage, "artifacts"),
+                                 cpus=res.cpus_per_trial, gpus=res.gpus_per_trial)
     if failed_stages:
         plan.pending = _drop_trials_of_failed_stages(spec, plan.pending, failed_stages)
         if not plan.pending:
@@ -150,7 +153,6 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     st = Storage(spec.storage)
     names = {t.trial_id: t.trial_name for t in plan.pending}
     trials_json = {t.trial_id: json.dumps(t.to_json(), sort_keys=True) for t in plan.pending}
-    res = spec.resources
     fn = tune.with_resources(
         tune.with_parameters(trainable, trials_json=trials_json, storage=spec.storage, sweep=spec.name,
                              num_threads=max(1, int(res.cpus_per_trial)),

@@ -134,7 +134,8 @@ class ArtifactStore:
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             manifest = {"kind": key.kind, "digest": key.digest, "config": key.cfg, "files": files,
                         "built_by": socket.gethostname(), "built_at": time.time(),
-                        "build_seconds": time.time() - t0, "build": uuid.uuid4().hex[:12], **extra}
+                        "build_seconds": time.time() - t0, "build": uuid.uuid4().hex[:12],
+                        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), **extra}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             if not self.st.local:
                 self._upload(key, tmp, manifest)

@@ -241,7 +241,8 @@ def cad_scoring_epochs(trial: TrialConfig) -> int:
 
     info = describe_dataset(trial.dataset.name, trial.dataset.root, trial.dataset.opts)
     n_cls = len(info["class_names"])
-    p = plan(trial.budget, trial.ipc * n_cls, info["num_train"], trial.train.batch_size)
+    recipe = trial.scoring or trial.train  # the hl recipe: K (and so the subset) never depends on the regime
+    p = plan(trial.budget, trial.ipc * n_cls, info["num_train"], recipe.batch_size)
     return max(1, int(round(p.images_seen / info["num_train"])))
 
 
@@ -412,6 +413,14 @@ def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
     if key.kind == "features":
         return [ArtifactKey.make("teacher", cfg["teacher"])]
     return []
+
+
+def stage_uses_accelerator(key: ArtifactKey) -> bool:
+    """Stages that train or run a network (teachers, features, score runs, distillers) get the trial's GPU;
+    the selection of real images from stored scores is numpy on a CPU."""
+    if key.kind != "subset":
+        return True
+    return bool(SELECTORS[key.cfg["selector"]["name"]].meta.get("distiller"))
 
 
 def describe_dataset(name: str, root: str | None, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -300,3 +300,26 @@ grid: {selector: [cad_prune], regime: [hl], ipc: [10, 50], seed: [0]}
     assert [cad_scoring_epochs(x) for x in t] == [round(300 * 10 * 10 / 1338), round(300 * 50 * 10 / 1338)] == [22, 112]
     assert cad_scoring_epochs(replace(t[0], budget=BudgetConfig("full_epochs", 7.0))) == 7
     assert cad_scoring_epochs(replace(t[1], budget=BudgetConfig("full_epochs", 7.0))) == 7
+
+
+def test_cad_subset_is_the_same_for_every_regime_under_a_steps_budget():
+    """A steps budget with per-regime batch sizes must not give each regime its own K (and subset)."""
+    from orchestrator.grid import expand
+    from orchestrator.spec import parse_spec
+    from workers.budget import plan
+    from workers.registry import cad_scoring_epochs, subset_key
+
+    t = expand(parse_spec("""
+name: k
+dataset: {name: digits}
+student: {arch: convnet, depth: 2}
+budget: {steps: 400}
+teacher: {arch: convnet, depth: 2, epochs: 2}
+train: {batch_size: 64, sl: {batch_size: 16}, sl_kd: {batch_size: 128}}
+grid: {selector: [cad_prune], regime: [hl, sl, sl_kd], ipc: [10], seed: [0]}
+"""))
+    assert [x.train.batch_size for x in t] == [64, 16, 128]
+    hl_images = plan(t[0].budget, 100, 1338, 64).images_seen  # the hl trial's compute: 400 steps of <= 64
+    assert hl_images != plan(t[1].budget, 100, 1338, 16).images_seen
+    assert [cad_scoring_epochs(x) for x in t] == [round(hl_images / 1338)] * 3
+    assert len({subset_key(x) for x in t}) == 1
