@@ -1,15 +1,21 @@
 """One driver per sweep: `<storage>/<sweep>/driver.lock` names the host and pid that run it.
 
-A second `ddsweep run` of a sweep that is running refuses with that host and pid. The lock is
-stale, and taken over, when its process is gone (same host: the pid no longer exists) or its
-heartbeat, refreshed every HEARTBEAT_S by a daemon thread, is older than STALE_S (any host; e.g.
-a preempted head node). Ray's `ray job stop` and SIGKILL leave the file behind; both cases are
-detected as stale, so resubmitting after a crash never needs a manual unlock.
+A second `ddsweep run` of a sweep that is running refuses with that host and pid. The lock file is
+written once, whole (`Storage.publish_new`: a temporary file linked into place), and never
+rewritten; its holder proves it is alive by rewriting its own heartbeat file
+`driver.lock.<nonce>.heartbeat` every HEARTBEAT_S from a daemon thread. A lock is stale, and taken
+over, when its process is gone (same host: the pid no longer exists) or its heartbeat is older than
+STALE_S (any host; e.g. a preempted head node). `ray job stop` and SIGKILL leave the files behind;
+both cases are detected as stale, so resubmitting after a crash never needs a manual unlock.
+
+Because the lock itself is never rewritten, a holder that stalls past STALE_S cannot overwrite the
+lock of the driver that took over; it notices on its next heartbeat and says so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -20,6 +26,8 @@ from workers.storage import Storage
 
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
+TAKEOVER_S = 30.0
+log = logging.getLogger("ddsweep")
 
 
 class SweepLocked(Exception):
@@ -47,12 +55,24 @@ class DriverLock:
                    "nonce": uuid.uuid4().hex}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost_to: dict | None = None  # the holder that took the lock over while we ran, if any
+
+    def _read(self, path: str) -> dict | None:
+        try:
+            return json.loads(self.st.read_bytes(path))
+        except (FileNotFoundError, OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
 
     def holder(self) -> dict | None:
-        try:
-            return json.loads(self.st.read_bytes(self.path))
-        except (FileNotFoundError, OSError, json.JSONDecodeError):
-            return None
+        return self._read(self.path)
+
+    def beat_path(self, h: dict) -> str:
+        return f"{self.path}.{h.get('nonce', 'none')}.heartbeat"
+
+    def heartbeat(self, h: dict) -> float:
+        """The holder's last sign of life: its heartbeat file, else when it took the lock."""
+        beat = self._read(self.beat_path(h)) or {}
+        return float(beat.get("heartbeat", h.get("heartbeat", h.get("started_at", 0))))
 
     def _mine(self, h: dict | None) -> bool:
         return bool(h) and h.get("nonce") == self.me["nonce"]
@@ -60,63 +80,87 @@ class DriverLock:
     def _stale(self, h: dict) -> bool:
         if h.get("host") == self.me["host"] and not _pid_alive(int(h.get("pid", -1))):
             return True
-        return time.time() - float(h.get("heartbeat", 0)) > self.stale_s
+        return time.time() - self.heartbeat(h) > self.stale_s
 
-    def _payload(self) -> bytes:
-        return json.dumps({**self.me, "heartbeat": time.time()}).encode()
+    def _write_beat(self) -> None:
+        self.st.write_atomic(self.beat_path(self.me), json.dumps({"heartbeat": time.time()}).encode())
 
-    def _write_new(self) -> bool:
-        if self.st.local:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._payload())
-            return True
-        # Object stores: no exclusive create; check-then-put, then read back to see who won a race.
-        return self.st.publish_new(self.path, self._payload()) and self._mine(self.holder())
+    def _age(self, path: str | None = None) -> float | None:
+        """Seconds since the file (default: the lock) was last modified; None when it is gone."""
+        import pyarrow.fs as pafs
 
-    def _remove_stale(self) -> None:
-        if self.st.local:  # rename away first so two contenders cannot both remove a fresh lock
-            aside = os.path.join(os.path.dirname(self.path), f".driver.lock.stale-{os.getpid()}")
-            try:
-                os.rename(self.path, aside)
-                os.unlink(aside)
-            except FileNotFoundError:
-                pass
-        else:
-            self.st.delete(self.path)
+        info = self.st.fs.get_file_info(path or self.path)
+        if info.type == pafs.FileType.NotFound or info.mtime is None:
+            return None
+        return time.time() - info.mtime.timestamp()
+
+    def _remove_stale(self, stale: dict | None) -> None:
+        """Remove the lock judged stale, and only that one, under a short-lived takeover mutex.
+
+        Contenders that all judged the same lock stale take turns; each re-reads the lock under the
+        mutex and deletes it only if it is still the stale one, never a fresh lock another contender
+        published meanwhile. A mutex left by a crash expires after TAKEOVER_S."""
+        mutex = f"{self.path}.takeover"
+        if not self.st.publish_new(mutex, self.me["nonce"].encode()):
+            age = self._age(mutex)
+            if age is not None and age > TAKEOVER_S:
+                self.st.delete(mutex)
+            time.sleep(0.05)
+            return
+        try:
+            current = self.holder()
+            if (current is None) if stale is None else (current or {}).get("nonce") == stale.get("nonce"):
+                self.st.delete(self.path)
+                if stale is not None:
+                    self.st.delete(self.beat_path(stale))
+        finally:
+            self.st.delete(mutex)
 
     def acquire(self) -> None:
-        for _ in range(3):
-            if self._write_new():
+        deadline = time.time() + 30.0
+        while time.time() < deadline:
+            self._write_beat()  # before the lock exists, so a contender never sees a lock without a heartbeat
+            if self.st.publish_new(self.path, json.dumps(self.me).encode()) and self._mine(self.holder()):
                 break
             h = self.holder()
-            if h is None or self._stale(h):
-                self._remove_stale()
+            if h is None:
+                age = self._age()
+                if age is not None and age < self.stale_s:  # present but unreadable: being written, or damaged
+                    raise SweepLocked(f"{self.path} exists but cannot be read ({age:.0f}s old); another driver may "
+                                      f"be starting. If none is, delete it or rerun after {self.stale_s:.0f}s")
+                self._remove_stale(None)
                 continue
-            age = time.time() - float(h.get("heartbeat", 0))
+            if self._stale(h):
+                self._remove_stale(h)
+                continue
+            age = time.time() - self.heartbeat(h)
+            self.st.delete(self.beat_path(self.me))
             raise SweepLocked(
                 f"this sweep is already being run by pid {h.get('pid')} on host {h.get('host')} (heartbeat {age:.0f}s "
                 f"ago). Wait for it, stop it, or, if that process is gone, rerun after {self.stale_s:.0f}s without a "
                 f"heartbeat; lock file: {self.path}")
         else:
+            self.st.delete(self.beat_path(self.me))
             raise SweepLocked(f"could not take {self.path}; another driver keeps taking it")
         self._thread = threading.Thread(target=self._beat, name="ddsweep-lock-heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if not self._mine(self.holder()):
-                return  # taken over (we were presumed dead): stop touching it
-            self.st.write_atomic(self.path, self._payload())
+            h = self.holder()
+            if not self._mine(h):
+                self.lost_to = h
+                log.warning("the lock %s was taken over by pid %s on host %s (this driver was presumed dead); "
+                            "rows stay consistent (one per trial), but stop one of the two drivers",
+                            self.path, (h or {}).get("pid"), (h or {}).get("host"))
+                return
+            self._write_beat()  # our own file: never touches another driver's lock
 
     def release(self) -> None:
         self._stop.set()
         if self._mine(self.holder()):
             self.st.delete(self.path)
+        self.st.delete(self.beat_path(self.me))
 
     def __enter__(self) -> "DriverLock":
         self.acquire()
