@@ -42,3 +42,25 @@ def test_mismatched_classes_and_missing_folders_are_clear_errors(tmp_path, monke
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "n09" / "a.png")
     with pytest.raises(DataError, match="different classes"):
         imagefolder.load(str(root), image_size=8)
+
+
+def test_a_crash_while_decoding_leaves_no_cache_and_the_next_load_builds_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDSWEEP_DATA_CACHE", str(tmp_path / "cache"))
+    root = make_tree(tmp_path / "data")
+    calls = []
+    real = imagefolder._decode
+
+    def crash_on_val(files, size):
+        calls.append(len(files))
+        if len(calls) == 2:  # train decoded and saved, val not yet
+            raise KeyboardInterrupt("killed while decoding")
+        return real(files, size)
+
+    monkeypatch.setattr(imagefolder, "_decode", crash_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        imagefolder._arrays(root, 8)
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written, not even hidden
+    monkeypatch.setattr(imagefolder, "_decode", real)
+    _, cache = imagefolder._arrays(root, 8)
+    assert sorted(p.name for p in cache.iterdir()) == ["done", "train_x.npy", "train_y.npy", "val_x.npy", "val_y.npy"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.name]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -84,16 +86,32 @@ def _arrays(root: Path, size: int) -> tuple[dict, Path]:
                         "they must have the same class folders")
     cache = _cache_dir(root, size, listing)
     if not (cache / "done").exists():
-        cache.mkdir(parents=True, exist_ok=True)
+        _build_cache(cache, listing, size)
+    return listing, cache
+
+
+def _build_cache(cache: Path, listing: dict, size: int) -> None:
+    """Decode every image into a temporary folder beside the cache, then rename it into place: a crash
+    leaves no half-written cache, and of two processes decoding at once the first rename wins."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.parent / f".{cache.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
         for split, part in listing.items():
             files = [f for c in part for f in part[c]]
             labels = np.concatenate([np.full(len(fs), k, np.int64) for k, fs in enumerate(part.values())])
-            tmp = cache / f".{split}_x.{os.getpid()}.npy"
-            np.save(tmp, _decode(files, size))
-            os.replace(tmp, cache / f"{split}_x.npy")
-            np.save(cache / f"{split}_y.npy", labels)
-        (cache / "done").write_text("ok")
-    return listing, cache
+            np.save(tmp / f"{split}_x.npy", _decode(files, size))
+            np.save(tmp / f"{split}_y.npy", labels)
+        (tmp / "done").write_text("ok")
+        if cache.exists() and not (cache / "done").exists():  # left by an older, non-atomic version
+            shutil.rmtree(cache, ignore_errors=True)
+        try:
+            os.rename(tmp, cache)
+        except OSError:
+            if not (cache / "done").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @lru_cache(maxsize=4)
