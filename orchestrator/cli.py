@@ -83,9 +83,9 @@ def cmd_status(args) -> int:
     def state(t) -> str:
         if t.trial_id in done:
             return "done"
-        if t.trial_id in fails:
+        if t.trial_id in fails and fails[t.trial_id].get("final", True):
             return "failed"
-        if st.exists(st.path(spec.name, "checkpoints", t.trial_id)):
+        if st.exists(results.checkpoint_dir(spec.storage, spec.name, t.trial_id)):
             return "started"
         return "pending"
 
@@ -102,9 +102,11 @@ def cmd_status(args) -> int:
             c = Counter(states[t.trial_id] for t in trials if key(t) == v)
             print(f"    {str(v):<28} " + "  ".join(f"{s} {c.get(s, 0)}" for s in order))
     for t in trials:
+        f = fails.get(t.trial_id)
         if states[t.trial_id] == "failed":
-            f = fails[t.trial_id]
             print(f"  failed {t.trial_name} (attempt {f['attempt']}): {f['error']}")
+        elif f and states[t.trial_id] != "done":
+            print(f"  retrying {t.trial_name}: attempt {f['attempt']} failed: {f['error']}")
     return 0
 
 

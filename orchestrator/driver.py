@@ -170,10 +170,12 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
                                   failure_config=tune.FailureConfig(max_failures=res.max_failures),
                                   callbacks=[progress], verbose=0),
     )
-    tuner.fit()
+    grid_results = tuner.fit()
+    errored = [r.config["trial_id"] for r in grid_results if r.error is not None and r.config]
+    results.mark_failures_final(spec.storage, spec.name, errored)  # Tune gave up on these
     done = results.done_ids(spec.storage, spec.name)
     missing = [t for t in plan.trials if t.trial_id not in done]
-    fails = results.failures(spec.storage, spec.name)
+    fails = {k: f for k, f in results.failures(spec.storage, spec.name).items() if f.get("final", True)}
     failed = [t for t in missing if t.trial_id in fails]
     _say(f"finished: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row"
          + (f"; {len(failed)} failed (see {results.failures_dir(spec.storage, spec.name)})" if failed else "")

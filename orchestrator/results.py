@@ -99,13 +99,15 @@ def load(storage, sweep: str, trial_ids: set[str] | None = None):
 
 def done_ids(storage, sweep: str) -> set[str]:
     st = _st(storage)
-    return {name[: -len(".parquet")].split("__")[0] for name in st.list(results_dir(st, sweep), ".parquet")}
+    return {name[: -len(".parquet")] for name in st.list(results_dir(st, sweep), ".parquet")}
 
 
 def record_failure(storage, sweep: str, trial_id: str, trial_name: str, attempt: int, error: str,
-                   traceback_text: str) -> None:
+                   traceback_text: str, final: bool = True) -> None:
+    """`final`: no retry is left (the driver marks it after Tune gives up); an attempt that failed while
+    Tune may still retry is recorded with final=False, so `status` shows it as started, not failed."""
     payload = {"trial_id": trial_id, "trial_name": trial_name, "attempt": attempt, "error": error,
-               "traceback": traceback_text, "at": time.time()}
+               "traceback": traceback_text, "at": time.time(), "final": final}
     st = _st(storage)
     st.write_atomic(f"{failures_dir(st, sweep)}/{trial_id}.json", json.dumps(payload, indent=1).encode())
 
@@ -120,6 +122,18 @@ def failures(storage, sweep: str) -> dict[str, dict]:
         except (json.JSONDecodeError, FileNotFoundError):
             continue
     return out
+
+
+def mark_failures_final(storage, sweep: str, trial_ids) -> None:
+    st = _st(storage)
+    folder = failures_dir(st, sweep)
+    for tid in trial_ids:
+        try:
+            payload = json.loads(st.read_bytes(f"{folder}/{tid}.json"))
+        except (json.JSONDecodeError, FileNotFoundError, OSError):
+            continue
+        if not payload.get("final"):
+            st.write_atomic(f"{folder}/{tid}.json", json.dumps({**payload, "final": True}, indent=1).encode())
 
 
 def clear_failure(storage, sweep: str, trial_id: str) -> None:

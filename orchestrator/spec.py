@@ -250,6 +250,7 @@ def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | N
     if w is not None:
         from workers.artifacts import sha256_file
 
+        recipe["weights"] = str(Path(w).resolve())  # trials and stages run in other folders, on other nodes
         recipe["weights_sha256"] = sha256_file(Path(w))
     return TeacherConfig(arch=arch, **recipe)
 
@@ -272,6 +273,8 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
     if root is not None and not Path(root).is_dir():
         c.err("dataset.root", f"{root!r} is not an existing folder")
         return None, None
+    if root is not None:
+        root = str(Path(root).resolve())  # relative to where `ddsweep` runs; workers need it absolute
     given = {k: v for k, v in d.items() if k not in ("name", "root")}
     before = len(c.problems)
     opts, problems = DATASETS[name].resolve(given, "dataset")

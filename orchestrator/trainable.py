@@ -63,7 +63,7 @@ def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str
         metrics = run_trial(cfg, ctx)
     except Exception as err:
         results.record_failure(storage, sweep, trial_id, cfg.trial_name, attempt, f"{type(err).__name__}: {err}",
-                               traceback.format_exc())
+                               traceback.format_exc(), final=False)  # Tune may retry; the driver decides
         raise
     row = build_row(sweep, cfg, metrics, attempt, started_at)
     results.write_row(storage, sweep, row)

@@ -45,6 +45,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _build_id(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("build")
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
+        return None
+
+
 class ArtifactStore:
     """Artifacts under a root that is a folder (built in place) or an object-store URI.
 
@@ -64,6 +71,7 @@ class ArtifactStore:
             base = Path(os.environ.get("DDSWEEP_ARTIFACT_CACHE", Path.home() / ".cache" / "ddsweep" / "artifacts"))
             self.root = base / hashlib.sha256(self.st.uri.encode()).hexdigest()[:12]
         self._verified: set[ArtifactKey] = set()  # checksummed once per process
+        self._current: set[ArtifactKey] = set()  # local copy compared with the remote build once per process
 
     def _local(self, key: ArtifactKey) -> Path:
         return self.root / key.kind / key.digest
@@ -71,8 +79,11 @@ class ArtifactStore:
     def path(self, key: ArtifactKey) -> Path:
         """The local folder holding the artifact's files (downloaded first from an object store)."""
         folder = self._local(key)
-        if not self.st.local and not (folder / MANIFEST).exists():
-            self._download(key)
+        if not self.st.local and key not in self._current:
+            remote = self.manifest(key)
+            if remote is not None and _build_id(folder) != remote.get("build"):  # absent, or an older build
+                self._download(key, remote)
+            self._current.add(key)
         return folder
 
     def manifest(self, key: ArtifactKey) -> dict[str, Any] | None:
@@ -98,8 +109,10 @@ class ArtifactStore:
                 return False
         return True
 
-    def _download(self, key: ArtifactKey) -> None:
-        m = self.manifest(key)
+    def _download(self, key: ArtifactKey, m: dict[str, Any] | None = None) -> None:
+        """Fetch the remote build into the local cache. Never deletes a folder another process may be
+        reading from except to replace an older build: the new copy is renamed in, the old one moved aside."""
+        m = m or self.manifest(key)
         if m is None:
             return
         final = self._local(key)
@@ -110,8 +123,21 @@ class ArtifactStore:
             for name in m["files"]:
                 (tmp / name).write_bytes(self.st.read_bytes(self.st.path(key.kind, key.digest, m["build"], name)))
             (tmp / MANIFEST).write_text(json.dumps(m, indent=1, sort_keys=True))
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # a copy is there already
+                if _build_id(final) == m["build"]:
+                    return  # another process downloaded the same build: keep it
+                aside = final.parent / f".{key.digest}.old-{uuid.uuid4().hex[:8]}"
+                try:
+                    os.rename(final, aside)
+                except FileNotFoundError:
+                    pass
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    pass  # yet another process put a copy in meanwhile; readers verify it
+                shutil.rmtree(aside, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -151,9 +177,11 @@ class ArtifactStore:
             fsync_dir(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if not self.st.local and (self.manifest(key) or {}).get("build") != manifest["build"]:
-            shutil.rmtree(final, ignore_errors=True)  # another builder's manifest won: use its files
-            self._download(key)
+        if not self.st.local:  # the local copy must be the published build (ours, or a racing builder's)
+            remote = self.manifest(key)
+            if remote is not None and _build_id(final) != remote.get("build"):
+                self._download(key, remote)
+        self._current.add(key)
         self._verified.add(key)
         return final
 
@@ -167,11 +195,13 @@ class ArtifactStore:
 
     def _quarantine(self, key: ArtifactKey) -> None:
         folder = self._local(key)
+        self._current.discard(key)
         if not self.st.local:  # drop the local copy; if the remote copy is bad, drop its manifest too
             shutil.rmtree(folder, ignore_errors=True)
             if not self.verify(key):
                 shutil.rmtree(folder, ignore_errors=True)
                 self.st.delete(self.st.path(key.kind, key.digest, MANIFEST))
+                self._current.discard(key)
             return
         aside = folder.parent / f".{folder.name}.corrupt-{uuid.uuid4().hex[:8]}"
         try:

@@ -75,6 +75,11 @@ class BudgetConfig:
         return {"unit": self.unit, "value": self.value}
 
 
+# Fields of TrainConfig that only soft-label regimes read; each regime declares which it reads
+# (workers.registry REGIMES, `label_fields`), and a trial's id covers only those.
+LABEL_FIELDS = ("temperature", "t2_scale", "kd_backend", "kd_topk", "kd_min_scale")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     optimizer: str = "adamw"
@@ -152,9 +157,21 @@ class TrialConfig:
             **({"scoring": self.scoring.to_json()} if self.scoring else {}),
         }
 
+    def identity(self) -> dict[str, Any]:
+        """What the id hashes: everything, less the soft-label fields the trial's regime never reads (so
+        changing `train.temperature` re-runs sl and sl_kd trials, not hl ones, nor their score runs)."""
+        from workers.registry import REGIMES
+
+        reads = REGIMES[self.regime].meta.get("label_fields", LABEL_FIELDS) if self.regime in REGIMES else LABEL_FIELDS
+        d = self.to_json()
+        d["train"] = {k: v for k, v in d["train"].items() if k not in LABEL_FIELDS or k in reads}
+        if "scoring" in d:  # score runs train with hard labels
+            d["scoring"] = {k: v for k, v in d["scoring"].items() if k not in LABEL_FIELDS}
+        return d
+
     @property
     def trial_id(self) -> str:
-        return short_hash(self.to_json())
+        return short_hash(self.identity())
 
     @property
     def trial_name(self) -> str:

@@ -6,6 +6,13 @@ import torch
 from torch import nn
 
 
+def pick_device(requested: str | None = None) -> str:
+    """The device a stage or trial runs on: the one asked for, else the GPU Ray assigned, else the CPU."""
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _norm(kind: str, width: int) -> nn.Module:
     if kind == "instance":  # the DD literature's "instancenorm" = GroupNorm with one group per channel
         return nn.GroupNorm(width, width, affine=True)

@@ -12,8 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from workers.config import (ArtifactKey, DatasetConfig, Named, TeacherConfig, TrainConfig, TrialConfig,
-                            canonical_json)
+from workers.config import LABEL_FIELDS, ArtifactKey, DatasetConfig, Named, TeacherConfig, TrainConfig, TrialConfig
 
 
 @dataclass(frozen=True)
@@ -163,14 +162,14 @@ ARCHS.declare(
 # sweep's `train:` overrides it for every regime, `train.<regime>:` for one. Reconstructions: HL
 # momentum/wd (0.9 / 5e-4, as reproductions), SL wd 0.01, batch 256 for SL+KD, crop_flip for DSA.
 REGIMES.declare("hl", "hard labels: cross-entropy on one-hot targets, no teacher", "workers.regimes:hl",
-                recipe={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+                label_fields=(), recipe={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
                         "batch_size": 256, "augment": "crop_flip"})
 REGIMES.declare("sl", "one fixed teacher soft label per image (clean view), reused for every augmented view",
-                "workers.regimes:sl", needs_teacher=True,
+                "workers.regimes:sl", needs_teacher=True, label_fields=("temperature", "t2_scale"),
                 recipe={"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "schedule": "cosine",
                         "batch_size": 256, "augment": "crop_flip", "temperature": 20.0})
 REGIMES.declare("sl_kd", "a fresh teacher soft label for every RRC+flip+CutMix view (train.kd_backend: online "
-                "| stored)", "workers.regimes:sl_kd", needs_teacher=True,
+                "| stored)", "workers.regimes:sl_kd", needs_teacher=True, label_fields=LABEL_FIELDS,
                 recipe={"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "schedule": "half_cosine",
                         "batch_size": 256, "temperature": 20.0})
 
@@ -429,7 +428,3 @@ def describe_dataset(name: str, root: str | None, options: Mapping[str, Any]) ->
     module, _, attr = entry.meta["describe"].partition(":")
     fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), attr)
     return fn(root=root, **options)
-
-
-def registry_fingerprint() -> str:
-    return canonical_json({r.kind: r.names() for r in (DATASETS, ARCHS, SELECTORS, REGIMES, STAGES)})

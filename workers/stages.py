@@ -49,10 +49,11 @@ def _distill(key: ArtifactKey, store: ArtifactStore, out: Path, splits, sel: Nam
     """Synthetic training images: images.npy (uint8) + labels.npy, exactly IPC per class."""
     from workers.distillers import DistillContext
     from workers.selectors.cad import cad_scores
-    from workers.teacher import device_default, load_teacher
+    from workers.models import pick_device
+    from workers.teacher import load_teacher
 
     cfg = key.cfg
-    device = device_default()
+    device = pick_device()
     tkey = next(k for k in inputs if k.kind == "teacher")
     runs = [k for k in inputs if k.kind == "dynamics"]
     x = splits.train_x.astype(np.float32) / 255.0

@@ -46,10 +46,6 @@ class Storage:
     def path(self, *parts: str) -> str:
         return "/".join([self.base, *[str(p).strip("/") for p in parts if str(p)]])
 
-    def local_path(self, *parts: str) -> Path:
-        assert self.local, "local_path on an object store"
-        return Path(self.path(*parts))
-
     # ---------------------------------------------------------------- queries
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -69,10 +65,6 @@ class Storage:
             return f.read()
 
     # ---------------------------------------------------------------- writes
-    def makedirs(self, folder: str) -> None:
-        if self.local:
-            os.makedirs(folder, exist_ok=True)
-
     def write_atomic(self, path: str, data: bytes) -> None:
         if not self.local:
             with self.fs.open_output_stream(path) as f:

@@ -20,19 +20,11 @@ from workers.registry import features_key, teacher_key  # noqa: F401 (re-exporte
 from workers.data import DataError
 
 
-def device_default() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def full_train_tensors(splits, device):
     from workers.train import Tensors, channel_stats
 
     mean, std = channel_stats(splits.train_x, device)
-
-    def t(x, y):
-        return Tensors(torch.as_tensor(np.ascontiguousarray(x)).to(device), torch.as_tensor(y).to(device), mean, std)
-
-    return t(splits.train_x, splits.train_y), t(splits.minival_x, splits.minival_y)
+    return Tensors.of(splits.train_x, splits.train_y, mean, std), Tensors.of(splits.minival_x, splits.minival_y, mean, std)
 
 
 def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
@@ -45,7 +37,7 @@ def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str
     cfg = key.cfg
     tcfg = TeacherConfig.from_json(cfg["teacher"])
     splits = load_splits(cfg["dataset"])
-    device = device_default()
+    device = models.pick_device()
     model = models.build(tcfg.arch.name, tcfg.arch.opts, splits.num_classes, splits.image_shape, tcfg.seed).to(device)
     train_data, minival = full_train_tensors(splits, device)
     if tcfg.weights:
@@ -136,10 +128,11 @@ def logits_and_features(model: nn.Module, data, chunk: int = 1024) -> tuple[torc
 
 def build_features(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
     """Penultimate teacher features of every train image (float16, N x D): herding, k-center, D2."""
+    from workers import models
     from workers.stages import load_splits
 
     tkey = ArtifactKey.make("teacher", key.cfg["teacher"])
-    device = device_default()
+    device = models.pick_device()
     teacher = load_teacher(tkey, store, device)
     splits = load_splits(tkey.cfg["dataset"])
     data, _ = full_train_tensors(splits, device)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +35,12 @@ class Tensors:
 
     def float_batch(self, idx: torch.Tensor) -> torch.Tensor:
         return (self.x[idx].float() / 255.0 - self.mean) / self.std
+
+    @classmethod
+    def of(cls, x_uint8, y, mean: torch.Tensor, std: torch.Tensor) -> "Tensors":
+        """numpy uint8 images and int labels onto the device of `mean` (the train split's channel stats)."""
+        return cls(torch.as_tensor(np.ascontiguousarray(x_uint8)).to(mean.device), torch.as_tensor(y).to(mean.device),
+                   mean, std)
 
 
 def channel_stats(x_uint8, device) -> tuple[torch.Tensor, torch.Tensor]:

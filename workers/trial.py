@@ -36,16 +36,7 @@ class TrialContext:
     num_threads: int | None = None
 
 
-def pick_device(requested: str | None) -> str:
-    import torch
-
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     from workers import models, stages
@@ -57,7 +48,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     t_start = time.time()
     if ctx.num_threads:
         torch.set_num_threads(ctx.num_threads)
-    device = pick_device(ctx.device)
+    device = models.pick_device(ctx.device)
     store = ArtifactStore(ctx.artifacts_root)
 
     # Shared stages: normally built by the driver already; built here when run without one.
@@ -72,12 +63,9 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     stages.check_classes(skey, store, splits.class_names)
     mean, std = channel_stats(splits.train_x, device)
 
-    def tensors(x, y) -> Tensors:
-        return Tensors(torch.as_tensor(np.ascontiguousarray(x)).to(device),
-                       torch.as_tensor(y).to(device), mean, std)
-
-    train_data = tensors(sub_x, sub_y)
-    evals = {"test": tensors(splits.test_x, splits.test_y), "minival": tensors(splits.minival_x, splits.minival_y)}
+    train_data = Tensors.of(sub_x, sub_y, mean, std)
+    evals = {"test": Tensors.of(splits.test_x, splits.test_y, mean, std),
+             "minival": Tensors.of(splits.minival_x, splits.minival_y, mean, std)}
 
     plan = budget_plan(config.budget, n_subset=config.ipc * splits.num_classes, n_full=len(splits.train_y),
                        batch=config.train.batch_size, n_data=len(sub_y))

@@ -147,6 +147,26 @@ def test_fixed_setting_changes_every_id():
         assert not set(other) & set(base)
 
 
+def test_ids_cover_only_the_label_fields_the_regime_reads():
+    def by_regime(train: str, selector: str = "[random]") -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for t in expand(parse_spec(sweep(regime="[hl, sl, sl_kd]", selector=selector, train=train))):
+            out.setdefault(t.regime, set()).add(t.trial_id)
+        return out
+
+    base = by_regime("{lr: 0.01}")
+    temp = by_regime("{lr: 0.01, temperature: 4}")
+    topk = by_regime("{lr: 0.01, kd_topk: 5, kd_backend: stored}")
+    assert temp["hl"] == base["hl"] and not temp["sl"] & base["sl"] and not temp["sl_kd"] & base["sl_kd"]
+    assert topk["hl"] == base["hl"] and topk["sl"] == base["sl"] and not topk["sl_kd"] & base["sl_kd"]
+    # the score runs of a dynamics selector train with hard labels: their part of the id ignores T too
+    cad = by_regime("{lr: 0.01}", "[el2n]"), by_regime("{lr: 0.01, temperature: 4}", "[el2n]")
+    assert cad[0]["hl"] == cad[1]["hl"]
+    # what the row records is still the full recipe
+    t = expand(parse_spec(sweep(regime="[hl]", train="{temperature: 4}")))[0]
+    assert t.to_json()["train"]["temperature"] == 4
+
+
 def test_ids_ignore_name_storage_and_resources():
     """Only what a trial computes enters its id: resources, the storage root and the sweep name do not."""
     moved = (sweep().replace("name: unit-grid", "name: renamed").replace("./ddsweep-runs", "/elsewhere")

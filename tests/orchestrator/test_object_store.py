@@ -7,6 +7,7 @@ and shared artifacts there, and nothing under a local folder.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -94,6 +95,17 @@ def test_artifacts_upload_download_race_and_corruption(s3_uri, tmp_path, monkeyp
     c = ArtifactStore(root)
     assert (c.build(key, lambda tmp: (tmp / "f.txt").write_text("C") and None) / "f.txt").read_text() == "C"
     assert c.verify(key)
+    # node a's cache still holds build A (intact on its own terms): a new process there must use build C
+    assert json.loads((tmp_path / "cache-a").glob("*/subset/*/manifest.json").__next__().read_text())["build"] == build
+    monkeypatch.setenv("DDSWEEP_ARTIFACT_CACHE", str(tmp_path / "cache-a"))
+    a2 = ArtifactStore(root)
+    assert (a2.path(key) / "f.txt").read_text() == "C" and a2.verify(key)
+    # a remote rebuild while a stale local copy exists leaves the new build locally, not the old one
+    st.delete(st.path("subset", key.digest, "manifest.json"))
+    monkeypatch.setenv("DDSWEEP_ARTIFACT_CACHE", str(tmp_path / "cache-b"))  # b still caches build A
+    b2 = ArtifactStore(root)
+    assert (b2.build(key, lambda tmp: (tmp / "f.txt").write_text("D") and None) / "f.txt").read_text() == "D"
+    assert ArtifactStore(root).verify(key)
 
 
 def test_a_sweep_runs_and_resumes_on_the_object_store(s3_uri, tmp_path, cli_env):

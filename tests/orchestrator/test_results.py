@@ -80,3 +80,26 @@ def test_failures_are_recorded_and_cleared(tmp_path):
     assert results.failures(tmp_path, "s")["abc"]["error"] == "ValueError: x"
     results.clear_failure(tmp_path, "s", "abc")
     assert results.failures(tmp_path, "s") == {}
+
+
+def test_status_counts_a_retryable_failure_as_started_and_a_final_one_as_failed(tmp_path, capsys):
+    from orchestrator import cli
+    from orchestrator.grid import expand
+    from orchestrator.spec import parse_spec
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: st\nstorage: {tmp_path}\ndataset: {{name: digits}}\nstudent: {{arch: mlp}}\nbudget: {{epochs: 1}}\n"
+                     "grid: {selector: [random], regime: [hl], ipc: [1], seed: [0, 1]}\n")
+    a, b = expand(parse_spec(sweep.read_text()))
+    (tmp_path / "st" / "checkpoints" / a.trial_id).mkdir(parents=True)
+    results.record_failure(tmp_path, "st", a.trial_id, a.trial_name, 1, "RuntimeError: node lost", "tb", final=False)
+    assert cli.main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials: 0 done, 1 started, 0 failed, 1 pending" in out
+    assert f"retrying {a.trial_name}: attempt 1 failed: RuntimeError: node lost" in out
+
+    results.mark_failures_final(tmp_path, "st", [a.trial_id, b.trial_id])  # b has no failure: untouched
+    assert cli.main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials: 0 done, 0 started, 1 failed, 1 pending" in out and f"failed {a.trial_name} (attempt 1)" in out
+    assert set(results.failures(tmp_path, "st")) == {a.trial_id}

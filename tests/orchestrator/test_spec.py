@@ -400,3 +400,31 @@ def test_score_runs_do_not_depend_on_the_regime_recipe():
         by_seed_ipc.setdefault((t.ipc, t.seed), set()).add(subset_key(t))
         assert t.scoring == trials[0].scoring and t.scoring.batch_size == 256  # the hl recipe
     assert all(len(keys) == 1 for keys in by_seed_ipc.values())
+
+
+def test_relative_dataset_root_and_teacher_weights_become_absolute(tmp_path, monkeypatch):
+    """Trials and stages run in other folders (Ray workers, other nodes): paths are resolved where ddsweep runs."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from workers import models
+
+    for split, n in (("train", 14), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), 100 if c == "a" else 10, np.uint8)).save(tmp_path / "data" / split / c / f"{i}.png")
+    net = models.build("convnet", {"depth": 2, "width": 8}, 2, (3, 8, 8), 0)
+    torch.save(net.state_dict(), tmp_path / "t.pt")
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec("""
+name: rel
+dataset: {name: imagefolder, root: data, image_size: 8, minival_per_class: 2}
+student: {arch: convnet, depth: 2, width: 8}
+teacher: {arch: convnet, depth: 2, width: 8, weights: ./t.pt}
+budget: {epochs: 1}
+grid: {selector: [random], regime: [sl], ipc: [2], seed: [0]}
+""")
+    assert spec.dataset.root == str(tmp_path / "data")
+    assert spec.teacher.weights == str(tmp_path / "t.pt")

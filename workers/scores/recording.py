@@ -26,12 +26,13 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
     from workers.regimes import HardLabels
     from workers.seeding import derive_seed
     from workers.stages import load_splits
-    from workers.teacher import device_default, full_train_tensors, logits_and_features
+    from workers.models import pick_device
+    from workers.teacher import full_train_tensors, logits_and_features
     from workers.train import Checkpointer, train
 
     cfg = key.cfg
     splits = load_splits(cfg["dataset"])
-    device = device_default()
+    device = pick_device()
     data, _ = full_train_tensors(splits, device)
     n, epochs = len(splits.train_y), cfg["epochs"]
     seed = derive_seed(cfg["run"], "dynamics")
@@ -69,6 +70,3 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
     np.save(out / "correct.npy", correct)
     return {"class_names": list(splits.class_names), "epochs": epochs, "n": n}
 
-
-def load_dynamics(key: ArtifactKey, store: ArtifactStore, name: str) -> np.ndarray:
-    return np.load(store.path(key) / f"{name}.npy")
