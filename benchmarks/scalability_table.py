@@ -1,10 +1,12 @@
 """Print the digits scalability table: mean test top-1 (%) per (selector, regime, IPC) and the spread.
 
-    python benchmarks/scalability_table.py [STORAGE] [SWEEP.yaml]
+    python benchmarks/scalability_table.py [STORAGE] [SWEEP.yaml] [--all-rows]
 
-Reads every row of the sweep's folder (re-running a changed spec adds rows under new ids: use a
-fresh storage for a clean table); spread = max - min over selectors (excluding `full`,
-the compute-matched full-data reference) of the per-selector mean over seeds.
+Reads the rows of the trials the spec expands to now (rows of older ids in the same folder are
+ignored); spread = max - min of the per-selector mean over seeds, once over the real-image selectors
+(coresets and random; `full`, the compute-matched full-data reference, excluded) and once over every
+selector including the distillers (SRe2L, CDA, RDED, CA2D). `--all-rows` reads every row in the
+folder instead: for a run made before a change of the trial-id scheme.
 """
 
 import sys
@@ -16,19 +18,28 @@ from orchestrator.spec import load_spec
 
 
 def main() -> None:
-    storage = sys.argv[1] if len(sys.argv) > 1 else "./ddsweep-runs"
-    spec = load_spec(sys.argv[2] if len(sys.argv) > 2 else "sweeps/digits_scalability.yaml", storage_override=storage)
+    args = [a for a in sys.argv[1:] if a != "--all-rows"]
+    storage = args[0] if args else "./ddsweep-runs"
+    spec = load_spec(args[1] if len(args) > 1 else "sweeps/digits_scalability.yaml", storage_override=storage)
+    from orchestrator.grid import expand
+    from workers.registry import SELECTORS
+
     df = results.load(spec.storage, spec.name)
+    if "--all-rows" not in sys.argv:
+        df = df[df["trial_id"].isin({t.trial_id for t in expand(spec)})].copy()
     df["top1"] *= 100
     pd.set_option("display.width", 250, "display.max_columns", 40)
     for regime in spec.regimes:
         t = df[df["regime"] == regime].pivot_table(index="selector", columns="ipc", values="top1", aggfunc="mean")
         print(f"\n## {regime}: mean test top-1 (%) over {df['seed'].nunique()} seeds\n")
         print(t.round(1).to_string())
-    sel = df[df["selector"] != "full"].groupby(["regime", "ipc", "selector"])["top1"].mean()
-    spread = sel.groupby(["regime", "ipc"]).agg(lambda s: s.max() - s.min()).unstack("ipc")
-    print("\n## spread (max - min over selectors, full excluded), points\n")
-    print(spread.round(1))
+    distillers = {n for n in df["selector"].unique() if SELECTORS[n].meta.get("distiller")}
+    for title, keep in (("real-image selectors (coresets + random)", ~df["selector"].isin(distillers | {"full"})),
+                        ("all selectors incl. distillers", df["selector"] != "full")):
+        sel = df[keep].groupby(["regime", "ipc", "selector"])["top1"].mean()
+        spread = sel.groupby(["regime", "ipc"]).agg(lambda s: s.max() - s.min()).unstack("ipc")
+        print(f"\n## spread over {title}: max - min of the selector means, points\n")
+        print(spread.round(1))
     rnd = df[df["selector"] == "random"].groupby(["regime", "ipc"])["top1"].mean().unstack("ipc")
     print("\n## random by regime\n")
     print(rnd.round(1))
