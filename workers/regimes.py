@@ -6,10 +6,9 @@
 - `sl_kd`: a fresh teacher label for every augmented view: per (epoch, sample) a RandomResizedCrop
   + flip view, CutMix with a partner sample, target softmax(teacher(mixed view)/T). Back-ends:
   `online` (teacher forward on every batch) and `stored` (FKD-style: every (epoch, sample) label
-  precomputed as fp16 logits, optionally top-k). Views are drawn from a generator keyed by
-  (seed, epoch) for the whole subset at once and indexed by the sample's position, so a view does
-  not depend on the batch it lands in, the batch size or the worker count; both back-ends see
-  identical views and targets up to fp16.
+  precomputed as fp16 logits, optionally top-k). Every view parameter is a counter-based draw of
+  (seed, epoch, sample id), so a view does not depend on the batch it lands in, the batch size or
+  the worker count; both back-ends see identical views and targets up to fp16.
 
 Loss convention (METHODS.md §1.4): kl_div(log_softmax(s/T), softmax(t/T), "batchmean"), times T^2
 only when `t2_scale` is set. Default off, as SRe2L/RDED/DD-Ranking: with Adam/AdamW (the soft-label
@@ -22,12 +21,13 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from workers.config import TrainConfig
-from workers.seeding import torch_generator
+from workers.seeding import counter_uniform, torch_generator
 
 
 # ------------------------------------------------------------------ augmentation shared by hl and sl
@@ -114,31 +114,45 @@ class FixedSoftLabels(TeacherRegime):
 
 # ------------------------------------------------------------------ SL+KD views
 class KDViews:
-    """Per (seed, epoch), for every subset position: an RRC box + flip, a CutMix partner, lambda and box."""
+    """Per (seed, epoch) and sample id: an RRC box + flip, a CutMix partner, lambda and box.
 
-    def __init__(self, n: int, side: int, seed: int, min_scale: float, device) -> None:
+    Every parameter of a sample's view is a counter-based draw of (seed, epoch, sample id, parameter)
+    (`workers.seeding.counter_uniform`): it does not depend on the batch, the batch size, the worker
+    count, the order of visits, nor on which other images are in the subset, except for the CutMix
+    partner, which is one of them (its position is drawn per id among the n - 1 others).
+    `ids` are the samples' indices in the train split (default: their positions).
+    """
+
+    STREAMS = ("area", "ratio", "cx", "cy", "flip", "partner", "lam", "by", "bx")
+
+    def __init__(self, n: int, side: int, seed: int, min_scale: float, device, ids=None) -> None:
         self.n, self.side, self.seed, self.min_scale, self.device = n, side, seed, min_scale, device
+        self.ids = np.arange(n) if ids is None else np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64)
+        if len(self.ids) != n:
+            raise ValueError(f"KDViews: {len(self.ids)} ids for {n} images")
         self._epoch, self._params = None, None
 
     def params(self, epoch: int) -> dict[str, torch.Tensor]:
         if self._epoch != epoch:
-            g = torch_generator(self.seed, "kd_views", epoch)
+            u = {k: torch.as_tensor(counter_uniform(self.seed, "kd_views", epoch, self.ids, i), dtype=torch.float32)
+                 for i, k in enumerate(self.STREAMS)}
             n = self.n
-            area = self.min_scale + (1 - self.min_scale) * torch.rand(n, generator=g)
-            log_r = (torch.rand(n, generator=g) * 2 - 1) * math.log(4 / 3)
+            area = self.min_scale + (1 - self.min_scale) * u["area"]
+            log_r = (u["ratio"] * 2 - 1) * math.log(4 / 3)
             w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
             h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-            cx = w / 2 + (1 - w) * torch.rand(n, generator=g)
-            cy = h / 2 + (1 - h) * torch.rand(n, generator=g)
-            flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-            perm = torch.randperm(n, generator=g)
-            partner = torch.empty(n, dtype=torch.long)
-            partner[perm] = perm.roll(-1)  # a cycle through a random permutation: no sample is its own partner
-            lam = torch.rand(n, generator=g)  # Beta(1, 1)
+            cx = w / 2 + (1 - w) * u["cx"]
+            cy = h / 2 + (1 - h) * u["cy"]
+            flip = torch.where(u["flip"] < 0.5, -1.0, 1.0)
+            # The partner: one of the n - 1 other positions, never the sample itself (n = 1: itself).
+            me = torch.arange(n)
+            other = (u["partner"].double() * max(n - 1, 1)).floor().long().clamp(max=max(n - 2, 0))
+            partner = torch.where(other >= me, other + 1, other) if n > 1 else me
+            lam = u["lam"]  # Beta(1, 1)
             cut = torch.sqrt(1 - lam)
             bh = (cut * self.side).floor().long()
-            by = (torch.rand(n, generator=g) * (self.side - bh + 1)).floor().long()
-            bx = (torch.rand(n, generator=g) * (self.side - bh + 1)).floor().long()
+            by = (u["by"] * (self.side - bh + 1)).floor().long()
+            bx = (u["bx"] * (self.side - bh + 1)).floor().long()
             p = dict(w=w, h=h, cx=cx, cy=cy, flip=flip, partner=partner, bh=bh, by=by, bx=bx)
             self._params = {k: v.to(self.device) for k, v in p.items()}
             self._epoch = epoch
@@ -174,7 +188,8 @@ class FreshSoftLabels(TeacherRegime):
     name = "sl_kd"
 
     def prepare(self, data, num_epochs: int) -> None:
-        self.views = KDViews(len(data.y), data.x.shape[-1], self.seed, self.cfg.kd_min_scale, data.x.device)
+        self.views = KDViews(len(data.y), data.x.shape[-1], self.seed, self.cfg.kd_min_scale, data.x.device,
+                             ids=data.ids)
         self.stored = None
         if self.cfg.kd_backend == "stored":
             self.stored = [self._store_epoch(data, e) for e in range(num_epochs)]

@@ -32,15 +32,16 @@ class Tensors:
     y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    ids: torch.Tensor | None = None  # the images' indices in the train split (None: synthetic images)
 
     def float_batch(self, idx: torch.Tensor) -> torch.Tensor:
         return (self.x[idx].float() / 255.0 - self.mean) / self.std
 
     @classmethod
-    def of(cls, x_uint8, y, mean: torch.Tensor, std: torch.Tensor) -> "Tensors":
+    def of(cls, x_uint8, y, mean: torch.Tensor, std: torch.Tensor, ids=None) -> "Tensors":
         """numpy uint8 images and int labels onto the device of `mean` (the train split's channel stats)."""
         return cls(torch.as_tensor(np.ascontiguousarray(x_uint8)).to(mean.device), torch.as_tensor(y).to(mean.device),
-                   mean, std)
+                   mean, std, None if ids is None else torch.as_tensor(np.asarray(ids, dtype=np.int64)))
 
 
 def channel_stats(x_uint8, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,13 +57,13 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         stages.build(key, store)
     skey = subset_key(config)
     splits = stages.load_splits(config.dataset.to_json())
-    sub_x, sub_y, _ = stages.load_training_set(skey, store, splits)
+    sub_x, sub_y, sub_ids = stages.load_training_set(skey, store, splits)
     select_seconds = time.perf_counter() - t0
 
     stages.check_classes(skey, store, splits.class_names)
     mean, std = channel_stats(splits.train_x, device)
 
-    train_data = Tensors.of(sub_x, sub_y, mean, std)
+    train_data = Tensors.of(sub_x, sub_y, mean, std, ids=sub_ids)
     evals = {"test": Tensors.of(splits.test_x, splits.test_y, mean, std),
              "minival": Tensors.of(splits.minival_x, splits.minival_y, mean, std)}
 

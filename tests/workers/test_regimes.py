@@ -48,7 +48,8 @@ def tensors(splits, idx: np.ndarray | None = None, split: str = "train") -> Tens
     x, y = (splits.train_x, splits.train_y) if split == "train" else (splits.test_x, splits.test_y)
     if idx is not None:
         x, y = x[idx], y[idx]
-    return Tensors(torch.as_tensor(np.ascontiguousarray(x)), torch.as_tensor(y), mean, std)
+    return Tensors(torch.as_tensor(np.ascontiguousarray(x)), torch.as_tensor(y), mean, std,
+                   None if idx is None else torch.as_tensor(idx))
 
 
 def class_balanced(splits, per_class: int) -> np.ndarray:
@@ -171,10 +172,35 @@ def test_cutmix_partner_is_never_the_sample_itself(n):
     for epoch in range(25):
         partner = views.params(epoch)["partner"]
         assert not torch.any(partner == torch.arange(n)), f"epoch {epoch}: a sample is its own partner"
-        assert torch.equal(torch.sort(partner).values, torch.arange(n))  # each sample is someone's partner once
+        assert partner.min() >= 0 and partner.max() < n
         partners.append(partner.clone())
     if n > 2:
         assert any(not torch.equal(partners[0], p) for p in partners[1:])  # a fresh pairing per epoch
+
+
+def test_cutmix_partners_are_uniform_over_the_others():
+    n, epochs = 5, 4000
+    views = KDViews(n, 8, seed=1, min_scale=0.08, device="cpu")
+    counts = torch.zeros(n, n)
+    for e in range(epochs):
+        counts[torch.arange(n), views.params(e)["partner"]] += 1
+    assert counts.diagonal().sum() == 0
+    expected = epochs / (n - 1)  # 1000 per off-diagonal cell; binomial sd ~ 27
+    off = counts[~torch.eye(n, dtype=torch.bool)]
+    assert (off - expected).abs().max() < 6 * (expected * (1 - 1 / (n - 1))) ** 0.5
+
+
+def test_a_sample_gets_the_same_view_in_any_subset_that_holds_it():
+    """Counter-based on (seed, epoch, sample id): the box, flip and CutMix box of train image 42 do not
+    depend on the other images in the subset (only the partner, drawn among them, does)."""
+    a = KDViews(4, 8, seed=7, min_scale=0.08, device="cpu", ids=[3, 42, 100, 7]).params(5)
+    b = KDViews(3, 8, seed=7, min_scale=0.08, device="cpu", ids=[42, 9, 1000]).params(5)
+    for k in ("w", "h", "cx", "cy", "flip", "bh", "by", "bx"):
+        assert torch.equal(a[k][1], b[k][0]), k
+    assert not torch.equal(torch.stack([a[k][0] for k in ("w", "cx", "cy")]),
+                           torch.stack([b[k][1] for k in ("w", "cx", "cy")]))  # other ids, other boxes
+    c = KDViews(3, 8, seed=7, min_scale=0.08, device="cpu", ids=[42, 9, 1000]).params(6)
+    assert not torch.equal(b["cx"][0], c["cx"][0])  # another epoch, another view
 
 
 def test_kd_labels_change_between_epochs(teacher, small):
@@ -217,9 +243,10 @@ def test_stored_logits_equal_online_teacher_on_regenerated_view(teacher, small, 
     on, st = online_and_stored
     n = len(small.y)
     pos = torch.arange(n)
+    assert np.array_equal(st.views.ids, small.ids.numpy())  # views keyed by train-split ids, not positions
     for e in range(EPOCHS):
         # Regenerate the view with a fresh KDViews (no shared state with the one that stored the labels).
-        view = KDViews(n, 8, 11, 0.08, "cpu").mixed(small, pos, e)
+        view = KDViews(n, 8, 11, 0.08, "cpu", ids=small.ids).mixed(small, pos, e)
         with torch.no_grad():
             online = teacher(view)
         stored = st._stored_logits(pos, e, C)
