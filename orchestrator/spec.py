@@ -176,9 +176,9 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     resources = _resources(c, doc.get("resources", {}))
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
     teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
-    if axes and dataset and budget and student:
-        _selector_rules(c, axes, dataset, student, budget, train, teacher)
     warnings: list[str] = []
+    if axes and dataset and budget and student:
+        _selector_rules(c, warnings, axes, dataset, student, budget, train, teacher)
     if axes:
         users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].meta.get("needs_teacher")]
         users += [f"selector {s.name!r}" for s in axes["selector"] if needs_teacher(s, "hl")]
@@ -199,18 +199,23 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
                      warnings=tuple(warnings), source=text)
 
 
-def _selector_rules(c: _Checker, axes: dict, dataset, student, budget, train, teacher) -> None:
-    """Method-specific checks that need the whole trial (e.g. CAD's K >= J + W at every IPC)."""
+def _selector_rules(c: _Checker, warnings: list[str], axes: dict, dataset, student, budget, train, teacher) -> None:
+    """Method-specific checks that need the whole trial (errors: `validate`, e.g. RDED's pool size; warnings:
+    `advise`, e.g. CAD's scoring run raised to J + W epochs), first offending IPC per selector."""
     from workers.config import TrialConfig
 
     for i, sel in enumerate(axes["selector"]):
-        rule = SELECTORS[sel.name].meta.get("validate")
-        for ipc in axes["ipc"] if rule else ():
-            msg = rule(sel, TrialConfig(dataset=dataset, student=student, selector=sel, regime="hl", ipc=ipc,
-                                        seed=0, budget=budget, train=train, teacher=teacher))
-            if msg:
-                c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
-                break
+        for kind in ("validate", "advise"):
+            rule = SELECTORS[sel.name].meta.get(kind)
+            for ipc in axes["ipc"] if rule else ():
+                msg = rule(sel, TrialConfig(dataset=dataset, student=student, selector=sel, regime="hl", ipc=ipc,
+                                            seed=0, budget=budget, train=train, teacher=teacher))
+                if msg and kind == "validate":
+                    c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
+                    break
+                if msg:
+                    warnings.append(f"grid.selector[{i}]: {sel.label()}: {msg}")
+                    break
 
 
 def _convnet_fits(c: _Checker, net: Named | None, ds_info: dict | None, path: str) -> None:

@@ -235,7 +235,14 @@ def _j_option(value: Any) -> str | None:
 
 def cad_scoring_epochs(trial: TrialConfig) -> int:
     """K = round(E_down * IPC * C / N) (METHODS.md §2.4): the scoring run gets the downstream trial's
-    compute, i.e. its full-dataset-equivalent epochs, whatever unit the sweep's budget is in."""
+    compute, i.e. its full-dataset-equivalent epochs, whatever unit the sweep's budget is in; raised
+    to J + W when the budget gives fewer (J: auto needs J >= 2, so K >= W + 2)."""
+    opts = trial.selector.opts
+    floor = opts["W"] + (2 if opts["J"] == "auto" else opts["J"])
+    return max(_budget_epochs(trial), floor)
+
+
+def _budget_epochs(trial: TrialConfig) -> int:
     from workers.budget import plan
 
     info = describe_dataset(trial.dataset.name, trial.dataset.root, trial.dataset.opts)
@@ -251,13 +258,13 @@ def cad_window(trial_opts: dict[str, Any], K: int) -> tuple[int, int]:
     return J, W
 
 
-def _cad_problem(selector: Named, trial: TrialConfig) -> str | None:
-    K = cad_scoring_epochs(trial)
-    J, W = cad_window(selector.opts, K)
-    if J < 2 or K < J + W:
-        fix = "raise the budget or lower W" + ("" if selector.opts["J"] == "auto" else ", or set J: auto")
-        return (f"CAD needs K >= J + W and J >= 2, but at ipc {trial.ipc} the budget gives K = {K} scoring epochs "
-                f"(J = {J}, W = {W}); {fix}")
+def _cad_advice(selector: Named, trial: TrialConfig) -> str | None:
+    """A warning, not an error: the scoring run is lengthened to K = J + W when the budget is smaller."""
+    budget_k, K = _budget_epochs(trial), cad_scoring_epochs(trial)
+    if K > budget_k:
+        J, W = cad_window(selector.opts, K)
+        return (f"at ipc {trial.ipc} the budget gives K = {budget_k} scoring epochs, fewer than J + W = {J} + {W}; "
+                f"the scoring run uses K = {K} (more compute than the trial). Raise the budget or lower J/W to align")
     return None
 
 
@@ -268,7 +275,7 @@ _CAD_OPTIONS = {
 }
 SELECTORS.declare("cad_prune", "CAD-Prune: highest compute-aware difficulty from one scoring run of K = budget "
                   "epochs (paper Eq. 1-2)", "workers.selectors.cad:cad_prune", _CAD_OPTIONS,
-                  inputs=("dynamics",), epochs_fn=cad_scoring_epochs, validate=_cad_problem)
+                  inputs=("dynamics",), epochs_fn=cad_scoring_epochs, advise=_cad_advice)
 
 # ---------------------------------------------------------------- distillers (selectors that synthesise)
 _RDED = {
@@ -327,7 +334,7 @@ SELECTORS.declare("ca2d", "CA2D: RDED on a CAD-ranked pool (paper §5)", "worker
                    "pool": Option("cad_top", str, "cad_top: top-mipc per class by CAD; cad_coreset: the "
                                   "IPC*factor^2 CAD coreset", choices=("cad_top", "cad_coreset"))},
                   distiller=True, inputs=("teacher", "dynamics"), epochs_fn=cad_scoring_epochs,
-                  validate=lambda sel, trial: _cad_problem(sel, trial) or _rded_pool_problem(sel, trial))
+                  validate=_rded_pool_problem, advise=_cad_advice)
 
 # ---------------------------------------------------------------- stage kinds
 STAGES.declare("subset", "class-balanced training subset chosen by a selector (indices into train)",

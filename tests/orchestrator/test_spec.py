@@ -353,12 +353,18 @@ def test_cli_validate_smoke_exits_0(tmp_path):
 
 
 def test_method_rules_are_checked_before_launch():
-    """CAD's K >= J + W at every IPC and SRe2L's BatchNorm teacher are errors at validation time."""
+    """SRe2L's BatchNorm teacher is an error at validation time; CAD's K < J + W is a warning (K is raised)."""
+    from orchestrator.grid import expand
+    from workers.registry import cad_scoring_epochs
+
     cad = sub("selector: [random]", "selector: [random, cad_prune]")
-    probs = problems_of(cad)
-    assert len(probs) == 1 and probs[0].startswith("grid.selector[1]: cad_prune(")
-    assert "K = 1 scoring epochs" in probs[0] and "ipc 1" in probs[0] and "raise the budget" in probs[0]
-    assert parse_spec(sub("budget: {epochs: 5}", "budget: {full_epochs: 6}", cad)).selectors[1].name == "cad_prune"
+    spec = parse_spec(cad)
+    assert len(spec.warnings) == 1 and spec.warnings[0].startswith("grid.selector[1]: cad_prune(")
+    assert "K = 1 scoring epochs" in spec.warnings[0] and "ipc 1" in spec.warnings[0] and "K = 4" in spec.warnings[0]
+    assert {cad_scoring_epochs(t) for t in expand(spec) if t.selector.name == "cad_prune"} == {4}  # W + 2
+    fixed = parse_spec(sub("selector: [random]", "selector: [{name: cad_prune, J: 6, W: 2}]"))
+    assert {cad_scoring_epochs(t) for t in expand(fixed)} == {8}  # J + W
+    assert not parse_spec(sub("budget: {epochs: 5}", "budget: {full_epochs: 6}", cad)).warnings
 
     teacher = "teacher: {arch: convnet, depth: 2, epochs: 1}\n"
     sre = sub("selector: [random]", "selector: [random, sre2l]", teacher + BASE)
