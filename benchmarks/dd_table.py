@@ -1,12 +1,11 @@
 """Print the digits DD-under-hard-labels table: mean test top-1 (%) per method and IPC, and EL2N-Best.
 
-    python benchmarks/dd_table.py [STORAGE] [SWEEP.yaml]
+    python benchmarks/dd_table.py [STORAGE] [SWEEP.yaml]   (default sweeps/digits_dd_hl.yaml)
 
 EL2N-Best is the el2n_window offset with the best mean **minival** top-1 per IPC
 (orchestrator.results.best_window); its test accuracy is shown, the choice never reads test.
 """
 
-import json
 import sys
 
 import pandas as pd
@@ -18,19 +17,27 @@ from orchestrator.spec import load_spec
 def main() -> None:
     storage = sys.argv[1] if len(sys.argv) > 1 else "./ddsweep-runs"
     spec = load_spec(sys.argv[2] if len(sys.argv) > 2 else "sweeps/digits_dd_hl.yaml", storage_override=storage)
+    from orchestrator.grid import expand
+
     df = results.load(spec.storage, spec.name)
-    opts = df["selector_options"].map(json.loads)
-    label = df["selector"].copy()
-    label[df["selector"] == "el2n_window"] = [f"el2n_window({o['offset']})" for o in opts[df["selector"] == "el2n_window"]]
-    label[df["selector"] == "ca2d"] = [f"ca2d({o['pool']})" for o in opts[df["selector"] == "ca2d"]]
+    df = df[df["trial_id"].isin({t.trial_id for t in expand(spec)})].copy()
+    # the method: selector and its non-default options, as in the trial name (`cad_prune-shiftTrue-hl-ipc1-s0`)
+    label = [n[: n.rindex(f"-{r}-ipc")] for n, r in zip(df["trial_name"], df["regime"])]
     t = df.assign(method=label, top1=df["top1"] * 100).pivot_table(index="method", columns="ipc", values="top1",
                                                                    aggfunc="mean")
-    best = results.best_window(df).set_index("ipc")
-    t.loc["EL2N-Best (minival)"] = best["top1"] * 100
     pd.set_option("display.width", 200)
+    best = None
+    if (df["selector"] == "el2n_window").any():
+        best = results.best_window(df).set_index("ipc")
+        t.loc["EL2N-Best (minival)"] = best["top1"] * 100
     print(f"## {spec.name}: mean test top-1 (%) over {df['seed'].nunique()} seeds, regime hl\n")
     print(t.round(1).to_string())
-    print("\nEL2N-Best offsets chosen on minival:", best["offset"].to_dict())
+    if best is not None:
+        print("\nEL2N-Best offsets chosen on minival:", best["offset"].to_dict())
+    mv = df.assign(method=label, m=df["minival_top1"] * 100).pivot_table(index="method", columns="ipc", values="m",
+                                                                          aggfunc="mean")
+    print("\nminival top-1 (%), the split to choose variants on:\n")
+    print(mv.round(1).to_string())
     std = df.assign(method=label, top1=df["top1"] * 100).pivot_table(index="method", columns="ipc", values="top1",
                                                                      aggfunc="std")
     print("\nstd over seeds (points):\n")
