@@ -101,7 +101,7 @@ class DriverLock:
         mutex and deletes it only if it is still the stale one, never a fresh lock another contender
         published meanwhile. A mutex left by a crash expires after TAKEOVER_S."""
         mutex = f"{self.path}.takeover"
-        if not self.st.publish_new(mutex, self.me["nonce"].encode()):
+        if not self._take_mutex(mutex):
             age = self._age(mutex)
             if age is not None and age > TAKEOVER_S:
                 self.st.delete(mutex)
@@ -109,14 +109,39 @@ class DriverLock:
             return
         try:
             current = self.holder()
-            if (current is None) if stale is None else (current or {}).get("nonce") == stale.get("nonce"):
+            if stale is None:  # an unreadable lock: delete it only if it still is, and is old
+                age = self._age()
+                doomed = current is None and age is not None and age >= self.stale_s
+            else:  # the very lock judged stale; a fresh one carries another nonce
+                doomed = (current or {}).get("nonce") == stale.get("nonce")
+            if doomed:
                 self.st.delete(self.path)
                 if stale is not None:
                     self.st.delete(self.beat_path(stale))
         finally:
             self.st.delete(mutex)
 
+    def _take_mutex(self, mutex: str) -> bool:
+        if not self.st.publish_new(mutex, self.me["nonce"].encode()):
+            return False
+        if self.st.local:  # os.link: exclusive
+            return True
+        time.sleep(0.2)  # object stores: check-then-PUT is not exclusive; the last writer wins, so read it back
+        try:
+            return self.st.read_bytes(mutex) == self.me["nonce"].encode()
+        except (FileNotFoundError, OSError):
+            return False
+
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except BaseException:
+            self.st.delete(self.beat_path(self.me))
+            raise
+        self._thread = threading.Thread(target=self._beat, name="ddsweep-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _acquire(self) -> None:
         deadline = time.time() + 30.0
         while time.time() < deadline:
             self._write_beat()  # before the lock exists, so a contender never sees a lock without a heartbeat
@@ -125,7 +150,11 @@ class DriverLock:
             h = self.holder()
             if h is None:
                 age = self._age()
-                if age is not None and age < self.stale_s:  # present but unreadable: being written, or damaged
+                if age is None:  # released meanwhile: try again, never delete what we did not read
+                    continue
+                h = self.holder()  # maybe a contender published between the two reads
+            if h is None:
+                if age < self.stale_s:  # present but unreadable: damaged, or written by something else
                     raise SweepLocked(f"{self.path} exists but cannot be read ({age:.0f}s old); another driver may "
                                       f"be starting. If none is, delete it or rerun after {self.stale_s:.0f}s")
                 self._remove_stale(None)
@@ -134,16 +163,12 @@ class DriverLock:
                 self._remove_stale(h)
                 continue
             age = time.time() - self.heartbeat(h)
-            self.st.delete(self.beat_path(self.me))
             raise SweepLocked(
                 f"this sweep is already being run by pid {h.get('pid')} on host {h.get('host')} (heartbeat {age:.0f}s "
                 f"ago). Wait for it, stop it, or, if that process is gone, rerun after {self.stale_s:.0f}s without a "
                 f"heartbeat; lock file: {self.path}")
         else:
-            self.st.delete(self.beat_path(self.me))
             raise SweepLocked(f"could not take {self.path}; another driver keeps taking it")
-        self._thread = threading.Thread(target=self._beat, name="ddsweep-lock-heartbeat", daemon=True)
-        self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

@@ -230,6 +230,13 @@ def _convnet_fits(c: _Checker, net: Named | None, ds_info: dict | None, path: st
 TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f not in ("arch", "weights_sha256"))
 
 
+def _relative(path: str) -> str:
+    # Not resolved for the user: under `ray job submit --working-dir` the driver's folder is Ray's package
+    # folder, whose name changes with every upload, and the path is part of trial ids and artifact keys.
+    return (f"{path!r} is relative; trials and stages run in other folders and on other nodes, so give the "
+            f"absolute path (here that would be {str(Path(path).resolve())!r}), the same on every node")
+
+
 def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | None:
     d = c.mapping(value, "teacher", None, ("arch",))
     if d is None:
@@ -241,6 +248,8 @@ def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | N
     w = recipe.get("weights")
     if w is not None and (not isinstance(w, str) or not Path(w).is_file()):
         c.err("teacher.weights", f"{w!r} is not an existing file; give the path of a local state_dict (.pt/.pth)")
+    elif w is not None and not Path(w).is_absolute():
+        c.err("teacher.weights", _relative(w))
     for key in ("epochs", "batch_size", "seed"):
         if key in recipe:
             c.number(recipe[key], f"teacher.{key}", integer=True, minimum=0 if key == "seed" else 1)
@@ -255,7 +264,6 @@ def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | N
     if w is not None:
         from workers.artifacts import sha256_file
 
-        recipe["weights"] = str(Path(w).resolve())  # trials and stages run in other folders, on other nodes
         recipe["weights_sha256"] = sha256_file(Path(w))
     return TeacherConfig(arch=arch, **recipe)
 
@@ -278,8 +286,9 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
     if root is not None and not Path(root).is_dir():
         c.err("dataset.root", f"{root!r} is not an existing folder")
         return None, None
-    if root is not None:
-        root = str(Path(root).resolve())  # relative to where `ddsweep` runs; workers need it absolute
+    if root is not None and not Path(root).is_absolute():
+        c.err("dataset.root", _relative(root))
+        return None, None
     given = {k: v for k, v in d.items() if k not in ("name", "root")}
     before = len(c.problems)
     opts, problems = DATASETS[name].resolve(given, "dataset")

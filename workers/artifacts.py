@@ -45,6 +45,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_VERIFIED: dict[str, set[ArtifactKey]] = {}  # (root, local cache) -> keys checksummed by this process
+_CURRENT: dict[str, set[ArtifactKey]] = {}   # (root, local cache) -> keys whose local copy is the remote build
+
+
+def clear_process_cache() -> None:
+    """Forget which artifacts this process has checksummed: the next use checks them again, as a new
+    process would (for a long-lived process that knows files changed underneath it; tests)."""
+    for cache in (_VERIFIED, _CURRENT):
+        for keys in cache.values():
+            keys.clear()
+
+
 def _build_id(folder: Path) -> str | None:
     try:
         return json.loads((folder / MANIFEST).read_text()).get("build")
@@ -70,8 +82,11 @@ class ArtifactStore:
         else:
             base = Path(os.environ.get("DDSWEEP_ARTIFACT_CACHE", Path.home() / ".cache" / "ddsweep" / "artifacts"))
             self.root = base / hashlib.sha256(self.st.uri.encode()).hexdigest()[:12]
-        self._verified: set[ArtifactKey] = set()  # checksummed once per process
-        self._current: set[ArtifactKey] = set()  # local copy compared with the remote build once per process
+        # Per process, shared by every store on the same root (a trial makes its own store; a reused
+        # Ray worker runs many trials): artifacts checksummed, local copies compared with the remote build.
+        cache_id = f"{self.st.uri}|{self.root}"  # the local files are what was checked
+        self._verified = _VERIFIED.setdefault(cache_id, set())
+        self._current = _CURRENT.setdefault(cache_id, set())
 
     def _local(self, key: ArtifactKey) -> Path:
         return self.root / key.kind / key.digest
@@ -141,15 +156,27 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def ready(self, key: ArtifactKey) -> bool:
+        """True when the artifact is published and its files match their checksums (checked once per
+        process). A corrupted copy is logged and moved aside; on an object store a bad local copy is
+        fetched again, and only a bad remote copy makes this False (the caller rebuilds)."""
+        if not self.exists(key):
+            return False
+        if key in self._verified or self.verify(key):
+            self._verified.add(key)
+            return True
+        log.warning("artifact %s at %s fails its manifest checksums (truncated or corrupted); %s", key,
+                    self._local(key), "fetching it again" if not self.st.local else "rebuilding")
+        self._quarantine(key)
+        if not self.st.local and self.exists(key):  # the remote copy was fine: the download is fresh
+            self._verified.add(key)
+            return True
+        return False
+
     def build(self, key: ArtifactKey, fn: Callable[[Path], dict[str, Any] | None]) -> Path:
         """Run fn(tmp_dir) to write the artifact's files, then publish atomically. Returns the local path."""
-        if self.exists(key):
-            if key in self._verified or self.verify(key):
-                self._verified.add(key)
-                return self.path(key)
-            log.warning("artifact %s at %s fails its manifest checksums (truncated or corrupted); rebuilding",
-                        key, self._local(key))
-            self._quarantine(key)
+        if self.ready(key):
+            return self.path(key)
         final = self._local(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{key.digest}.tmp-{uuid.uuid4().hex[:8]}"

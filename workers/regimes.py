@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.config import TrainConfig
-from workers.seeding import counter_uniform, torch_generator
+from workers.seeding import counter_uniform
 
 
 # ------------------------------------------------------------------ augmentation shared by hl and sl
@@ -134,7 +134,8 @@ class KDViews:
 
     def params(self, epoch: int) -> dict[str, torch.Tensor]:
         if self._epoch != epoch:
-            u = {k: torch.as_tensor(counter_uniform(self.seed, "kd_views", epoch, self.ids, i), dtype=torch.float32)
+            # float64 until the end: a float32 cast rounds u in [1 - 2^-25, 1) up to 1.0 (a box off the edge)
+            u = {k: torch.as_tensor(counter_uniform(self.seed, "kd_views", epoch, self.ids, i), dtype=torch.float64)
                  for i, k in enumerate(self.STREAMS)}
             n = self.n
             area = self.min_scale + (1 - self.min_scale) * u["area"]
@@ -146,14 +147,15 @@ class KDViews:
             flip = torch.where(u["flip"] < 0.5, -1.0, 1.0)
             # The partner: one of the n - 1 other positions, never the sample itself (n = 1: itself).
             me = torch.arange(n)
-            other = (u["partner"].double() * max(n - 1, 1)).floor().long().clamp(max=max(n - 2, 0))
+            other = (u["partner"] * max(n - 1, 1)).floor().long().clamp(max=max(n - 2, 0))
             partner = torch.where(other >= me, other + 1, other) if n > 1 else me
             lam = u["lam"]  # Beta(1, 1)
             cut = torch.sqrt(1 - lam)
             bh = (cut * self.side).floor().long()
             by = (u["by"] * (self.side - bh + 1)).floor().long()
             bx = (u["bx"] * (self.side - bh + 1)).floor().long()
-            p = dict(w=w, h=h, cx=cx, cy=cy, flip=flip, partner=partner, bh=bh, by=by, bx=bx)
+            p = dict(w=w.float(), h=h.float(), cx=cx.float(), cy=cy.float(), flip=flip.float(), partner=partner,
+                     bh=bh, by=by, bx=bx)
             self._params = {k: v.to(self.device) for k, v in p.items()}
             self._epoch = epoch
         return self._params

@@ -95,10 +95,13 @@ def build(key: ArtifactKey, store: ArtifactStore) -> Path:
     """Build one stage (its dependencies first, if missing) and publish it. Idempotent.
 
     An artifact that exists is checked against its manifest (once per process) and rebuilt when a
-    file is missing or its checksum differs, so a trial never reads a corrupted artifact.
+    file is missing or its checksum differs, so a trial never reads a corrupted artifact. Its
+    dependencies are only visited when it has to be built (a subset's score runs are not re-read).
     """
     from workers.registry import STAGES
 
+    if store.ready(key):
+        return store.path(key)
     for dep in stage_deps(key):
         build(dep, store)
     return store.build(key, lambda tmp: STAGES[key.kind].load()(key, store, tmp))

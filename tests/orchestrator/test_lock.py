@@ -110,3 +110,28 @@ def test_contenders_for_a_stale_lock_end_with_exactly_one_holder(tmp_path):
         outs = sorted(pr.communicate(timeout=60)[0].strip() for pr in procs)
         assert outs.count("HELD") == 1 and outs.count("LOST") == 0, outs
         assert not (tmp_path / "s" / "driver.lock").exists()
+
+
+def test_a_lock_released_and_retaken_between_two_reads_is_never_deleted(tmp_path):
+    """Forced timing: b fails to publish (a holds), a releases and c takes the lock before b reads it."""
+    a, b, c = (DriverLock(tmp_path, "s") for _ in range(3))
+    a.acquire()
+    real_holder = b.holder
+    calls = []
+
+    def racing_holder():
+        if not calls:
+            calls.append(1)
+            a.release()
+            c.acquire()
+            return None  # what b saw in the gap: no lock
+        return real_holder()
+
+    b.holder = racing_holder
+    try:
+        with pytest.raises(SweepLocked, match="already being run"):
+            b.acquire()
+        assert c.holder()["nonce"] == c.me["nonce"]  # c's lock survived
+    finally:
+        c.release()
+    assert not (tmp_path / "s" / "driver.lock").exists() and os.listdir(tmp_path / "s") == []

@@ -73,7 +73,7 @@ def test_rows_lock_and_failures_on_the_object_store(s3_uri):
 
 
 def test_artifacts_upload_download_race_and_corruption(s3_uri, tmp_path, monkeypatch):
-    from workers.artifacts import ArtifactStore
+    from workers.artifacts import ArtifactStore, clear_process_cache
     from workers.config import ArtifactKey
     from workers.storage import Storage, child_uri
 
@@ -98,14 +98,24 @@ def test_artifacts_upload_download_race_and_corruption(s3_uri, tmp_path, monkeyp
     # node a's cache still holds build A (intact on its own terms): a new process there must use build C
     assert json.loads((tmp_path / "cache-a").glob("*/subset/*/manifest.json").__next__().read_text())["build"] == build
     monkeypatch.setenv("DDSWEEP_ARTIFACT_CACHE", str(tmp_path / "cache-a"))
+    clear_process_cache()  # a new process on node a
     a2 = ArtifactStore(root)
     assert (a2.path(key) / "f.txt").read_text() == "C" and a2.verify(key)
     # a remote rebuild while a stale local copy exists leaves the new build locally, not the old one
     st.delete(st.path("subset", key.digest, "manifest.json"))
     monkeypatch.setenv("DDSWEEP_ARTIFACT_CACHE", str(tmp_path / "cache-b"))  # b still caches build A
+    clear_process_cache()  # a new process on node b
     b2 = ArtifactStore(root)
     assert (b2.build(key, lambda tmp: (tmp / "f.txt").write_text("D") and None) / "f.txt").read_text() == "D"
     assert ArtifactStore(root).verify(key)
+    # a damaged local copy of a good remote build is fetched again, not rebuilt
+    (b2.path(key) / "f.txt").write_text("x")
+    clear_process_cache()
+
+    def must_not_build(tmp):
+        raise AssertionError("rebuilt although the remote copy is intact")
+
+    assert (ArtifactStore(root).build(key, must_not_build) / "f.txt").read_text() == "D"
 
 
 def test_a_sweep_runs_and_resumes_on_the_object_store(s3_uri, tmp_path, cli_env):

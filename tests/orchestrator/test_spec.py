@@ -408,8 +408,8 @@ def test_score_runs_do_not_depend_on_the_regime_recipe():
     assert all(len(keys) == 1 for keys in by_seed_ipc.values())
 
 
-def test_relative_dataset_root_and_teacher_weights_become_absolute(tmp_path, monkeypatch):
-    """Trials and stages run in other folders (Ray workers, other nodes): paths are resolved where ddsweep runs."""
+def test_relative_dataset_root_and_teacher_weights_are_refused_with_the_absolute_path(tmp_path, monkeypatch):
+    """Trials and stages run in other folders (Ray workers, other nodes), and the paths are part of the ids."""
     import numpy as np
     import torch
     from PIL import Image
@@ -424,13 +424,17 @@ def test_relative_dataset_root_and_teacher_weights_become_absolute(tmp_path, mon
     net = models.build("convnet", {"depth": 2, "width": 8}, 2, (3, 8, 8), 0)
     torch.save(net.state_dict(), tmp_path / "t.pt")
     monkeypatch.chdir(tmp_path)
-    spec = parse_spec("""
+    text = """
 name: rel
 dataset: {name: imagefolder, root: data, image_size: 8, minival_per_class: 2}
 student: {arch: convnet, depth: 2, width: 8}
 teacher: {arch: convnet, depth: 2, width: 8, weights: ./t.pt}
 budget: {epochs: 1}
 grid: {selector: [random], regime: [sl], ipc: [2], seed: [0]}
-""")
-    assert spec.dataset.root == str(tmp_path / "data")
-    assert spec.teacher.weights == str(tmp_path / "t.pt")
+"""
+    probs = problems_of(text)
+    assert any(p.startswith("dataset.root: 'data' is relative") and repr(str(tmp_path / "data")) in p for p in probs)
+    assert any(p.startswith("teacher.weights: './t.pt' is relative") and repr(str(tmp_path / "t.pt")) in p
+               for p in probs)
+    spec = parse_spec(text.replace("root: data", f"root: {tmp_path / 'data'}").replace("./t.pt", str(tmp_path / "t.pt")))
+    assert spec.dataset.root == str(tmp_path / "data") and spec.teacher.weights == str(tmp_path / "t.pt")

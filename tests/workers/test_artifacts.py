@@ -1,7 +1,7 @@
 import json
 import multiprocessing as mp
 
-from workers.artifacts import ArtifactStore
+from workers.artifacts import ArtifactStore, clear_process_cache
 from workers.config import ArtifactKey
 
 
@@ -65,8 +65,10 @@ def test_a_corrupted_artifact_is_detected_and_rebuilt(tmp_path, caplog):
 
     path = ArtifactStore(tmp_path).build(key, write)
     (path / "a.txt").write_text("payl")  # truncated on disk
+    assert ArtifactStore(tmp_path).build(key, write) == path and len(calls) == 1  # checked once per process
+    clear_process_cache()  # as a new process
     with caplog.at_level("WARNING"):
-        path2 = ArtifactStore(tmp_path).build(key, write)  # a new process-level store: checks the checksums
+        path2 = ArtifactStore(tmp_path).build(key, write)  # checks the checksums
     assert path2 == path and (path / "a.txt").read_text() == "payload" and len(calls) == 2
     assert "fails its manifest checksums" in caplog.text
     assert ArtifactStore(tmp_path).verify(key)

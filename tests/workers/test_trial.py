@@ -41,6 +41,7 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
 def test_a_corrupted_subset_artifact_is_rebuilt_before_the_trial_reads_it(tmp_path, caplog):
     import numpy as np
 
+    from workers.artifacts import clear_process_cache
     from workers.registry import subset_key
 
     cfg = make_cfg(budget=BudgetConfig("epochs", 3))
@@ -48,6 +49,7 @@ def test_a_corrupted_subset_artifact_is_rebuilt_before_the_trial_reads_it(tmp_pa
     indices = tmp_path / "subset" / subset_key(cfg).digest / "indices.npy"
     good = np.load(indices)
     np.save(indices, np.arange(len(good)))  # a valid .npy with the wrong content: only the checksum can tell
+    clear_process_cache()  # the next trial runs in a new process (or a worker that never read this subset)
     with caplog.at_level("WARNING"):
         b = run_trial(cfg, TrialContext(artifacts_root=tmp_path))
     assert "fails its manifest checksums" in caplog.text
