@@ -7,6 +7,7 @@ copy: the loser's rename fails and it discards its own. Readers check the manife
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -144,14 +145,10 @@ class ArtifactStore:
                 if _build_id(final) == m["build"]:
                     return  # another process downloaded the same build: keep it
                 aside = final.parent / f".{key.digest}.old-{uuid.uuid4().hex[:8]}"
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.rename(final, aside)
-                except FileNotFoundError:
-                    pass
-                try:
+                with contextlib.suppress(OSError):  # yet another process put a copy in meanwhile; readers verify it
                     os.rename(tmp, final)
-                except OSError:
-                    pass  # yet another process put a copy in meanwhile; readers verify it
                 shutil.rmtree(aside, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
