@@ -17,12 +17,10 @@ from orchestrator.spec import load_spec
 def main() -> None:
     storage = sys.argv[1] if len(sys.argv) > 1 else "./ddsweep-runs"
     spec = load_spec(sys.argv[2] if len(sys.argv) > 2 else "sweeps/digits_dd_hl.yaml", storage_override=storage)
-    from orchestrator.grid import expand
+    from orchestrator.report import current_rows, selector_labels
 
-    df = results.load(spec.storage, spec.name)
-    df = df[df["trial_id"].isin({t.trial_id for t in expand(spec)})].copy()
-    # the method: selector and its non-default options, as in the trial name (`cad_prune-shiftTrue-hl-ipc1-s0`)
-    label = [n[: n.rindex(f"-{r}-ipc")] for n, r in zip(df["trial_name"], df["regime"])]
+    df = current_rows(spec)
+    label = selector_labels(df)  # e.g. cad_prune(J=2,shift=False): the options that vary within the sweep
     t = df.assign(method=label, top1=df["top1"] * 100).pivot_table(index="method", columns="ipc", values="top1",
                                                                    aggfunc="mean")
     pd.set_option("display.width", 200)

@@ -21,12 +21,10 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--all-rows"]
     storage = args[0] if args else "./ddsweep-runs"
     spec = load_spec(args[1] if len(args) > 1 else "sweeps/digits_scalability.yaml", storage_override=storage)
-    from orchestrator.grid import expand
+    from orchestrator.report import current_rows
     from workers.registry import SELECTORS
 
-    df = results.load(spec.storage, spec.name)
-    if "--all-rows" not in sys.argv:
-        df = df[df["trial_id"].isin({t.trial_id for t in expand(spec)})].copy()
+    df = results.load(spec.storage, spec.name) if "--all-rows" in sys.argv else current_rows(spec)
     df["top1"] *= 100
     pd.set_option("display.width", 250, "display.max_columns", 40)
     for regime in spec.regimes:
