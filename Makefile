@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STORAGE ?= ./ddsweep-runs
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ demo: $(STAMP)
 	@echo "Parquet rows: $(STORAGE)/smoke/results/ (one file per trial)"
 	$(BIN)/ddsweep report sweeps/smoke.yaml --storage $(STORAGE)
 
-test: $(STAMP)
+# Lint and format check first: one style across files (configuration in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

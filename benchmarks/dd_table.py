@@ -21,8 +21,9 @@ def main() -> None:
 
     df = current_rows(spec)
     label = selector_labels(df)  # e.g. cad_prune(J=2,shift=False): the options that vary within the sweep
-    t = df.assign(method=label, top1=df["top1"] * 100).pivot_table(index="method", columns="ipc", values="top1",
-                                                                   aggfunc="mean")
+    t = df.assign(method=label, top1=df["top1"] * 100).pivot_table(
+        index="method", columns="ipc", values="top1", aggfunc="mean"
+    )
     pd.set_option("display.width", 200)
     best = None
     if (df["selector"] == "el2n_window").any():
@@ -32,12 +33,14 @@ def main() -> None:
     print(t.round(1).to_string())
     if best is not None:
         print("\nEL2N-Best offsets chosen on minival:", best["offset"].to_dict())
-    mv = df.assign(method=label, m=df["minival_top1"] * 100).pivot_table(index="method", columns="ipc", values="m",
-                                                                          aggfunc="mean")
+    mv = df.assign(method=label, m=df["minival_top1"] * 100).pivot_table(
+        index="method", columns="ipc", values="m", aggfunc="mean"
+    )
     print("\nminival top-1 (%), the split to choose variants on:\n")
     print(mv.round(1).to_string())
-    std = df.assign(method=label, top1=df["top1"] * 100).pivot_table(index="method", columns="ipc", values="top1",
-                                                                     aggfunc="std")
+    std = df.assign(method=label, top1=df["top1"] * 100).pivot_table(
+        index="method", columns="ipc", values="top1", aggfunc="std"
+    )
     print("\nstd over seeds (points):\n")
     print(std.round(1).to_string())
 

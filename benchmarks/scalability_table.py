@@ -32,8 +32,10 @@ def main() -> None:
         print(f"\n## {regime}: mean test top-1 (%) over {df['seed'].nunique()} seeds\n")
         print(t.round(1).to_string())
     distillers = {n for n in df["selector"].unique() if SELECTORS[n].meta.get("distiller")}
-    for title, keep in (("real-image selectors (coresets + random)", ~df["selector"].isin(distillers | {"full"})),
-                        ("all selectors incl. distillers", df["selector"] != "full")):
+    for title, keep in (
+        ("real-image selectors (coresets + random)", ~df["selector"].isin(distillers | {"full"})),
+        ("all selectors incl. distillers", df["selector"] != "full"),
+    ):
         sel = df[keep].groupby(["regime", "ipc", "selector"])["top1"].mean()
         spread = sel.groupby(["regime", "ipc"]).agg(lambda s: s.max() - s.min()).unstack("ipc")
         print(f"\n## spread over {title}: max - min of the selector means, points\n")

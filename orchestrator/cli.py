@@ -28,17 +28,22 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from orchestrator.driver import make_plan
     from workers.budget import plan as budget_plan
     from workers.registry import describe_dataset
 
-    from orchestrator.driver import make_plan
-
     spec = _load(args)
     p = make_plan(spec)
-    print(f"sweep {spec.name}: {len(p.trials)} trials = {len(spec.selectors)} selectors x {len(spec.regimes)} "
-          f"regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
-          + (f" minus {len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds) - len(p.trials)} "
-             f"excluded" if spec.exclude else ""))
+    print(
+        f"sweep {spec.name}: {len(p.trials)} trials = {len(spec.selectors)} selectors x {len(spec.regimes)} "
+        f"regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
+        + (
+            f" minus {len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds) - len(p.trials)} "
+            f"excluded"
+            if spec.exclude
+            else ""
+        )
+    )
     print(f"  done {len(p.done)}, pending {len(p.pending)}")
     kinds = Counter(k.kind for k in p.stages)
     missing = Counter(k.kind for k in p.stages_missing)
@@ -52,12 +57,16 @@ def cmd_plan(args) -> int:
         print(f"  budget {spec.budget.unit}={spec.budget.value:g} (train split N={n_full}, batch {batch}: {who}):")
         for ipc in spec.ipcs:
             bp = budget_plan(spec.budget, ipc * n_cls, n_full, batch)
-            print(f"    ipc {ipc:>4}: {bp.images_seen} images, {bp.steps} steps, {bp.subset_epochs:.1f} subset "
-                  f"epochs, {bp.full_epochs:.2f} full epochs")
+            print(
+                f"    ipc {ipc:>4}: {bp.images_seen} images, {bp.steps} steps, {bp.subset_epochs:.1f} subset "
+                f"epochs, {bp.full_epochs:.2f} full epochs"
+            )
     for r in spec.regimes:
         t = spec.recipes[r]
-        print(f"  recipe {r}: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}"
-              + (f", T {t.temperature:g}{' x T^2' if t.t2_scale else ''}" if r != "hl" else ""))
+        print(
+            f"  recipe {r}: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}"
+            + (f", T {t.temperature:g}{' x T^2' if t.t2_scale else ''}" if r != "hl" else "")
+        )
     return 0
 
 
@@ -92,10 +101,16 @@ def cmd_status(args) -> int:
     states = {t.trial_id: state(t) for t in trials}
     total = Counter(states.values())
     order = ("done", "started", "failed", "pending")
-    print(f"sweep {spec.name} ({spec.storage}): {len(trials)} trials: "
-          + ", ".join(f"{total.get(s, 0)} {s}" for s in order))
-    for axis, key in (("selector", lambda t: t.selector.label()), ("regime", lambda t: t.regime),
-                      ("ipc", lambda t: t.ipc), ("seed", lambda t: t.seed)):
+    print(
+        f"sweep {spec.name} ({spec.storage}): {len(trials)} trials: "
+        + ", ".join(f"{total.get(s, 0)} {s}" for s in order)
+    )
+    for axis, key in (
+        ("selector", lambda t: t.selector.label()),
+        ("regime", lambda t: t.regime),
+        ("ipc", lambda t: t.ipc),
+        ("seed", lambda t: t.seed),
+    ):
         print(f"  by {axis}:")
         values = list(dict.fromkeys(key(t) for t in trials))
         for v in values:
@@ -148,8 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_sweep("plan", "grid size, pending trials, stages to build, budget per IPC").set_defaults(fn=cmd_plan)
     sp = with_sweep("run", "run every pending trial (resumes a stopped sweep)")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: start an embedded local Ray)")
-    sp.add_argument("--checkpoint-interval", type=float, default=60.0,
-                    help="seconds between a trial's epoch checkpoints (default 60)")
+    sp.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=60.0,
+        help="seconds between a trial's epoch checkpoints (default 60)",
+    )
     sp.set_defaults(fn=cmd_run)
     with_sweep("status", "done / started / failed / pending, per axis").set_defaults(fn=cmd_status)
     with_sweep("report", "accuracy table and curves under <storage>/<sweep>/report/").set_defaults(fn=cmd_report)

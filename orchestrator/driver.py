@@ -9,12 +9,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.config import ArtifactKey, TrialConfig
-
-from workers.storage import Storage, child_uri, is_uri
-
 from orchestrator import grid, results
 from orchestrator.spec import SweepSpec
+from workers.config import ArtifactKey, TrialConfig
+from workers.storage import Storage, child_uri, is_uri
 
 log = logging.getLogger("ddsweep")
 
@@ -36,8 +34,9 @@ def make_plan(spec: SweepSpec) -> Plan:
     pending = [t for t in trials if t.trial_id not in done]
     stages = grid.stages_for(pending)
     store = ArtifactStore(child_uri(spec.storage, "artifacts"))
-    return Plan(trials, done & {t.trial_id for t in trials}, pending, stages,
-                [k for k in stages if not store.exists(k)])
+    return Plan(
+        trials, done & {t.trial_id for t in trials}, pending, stages, [k for k in stages if not store.exists(k)]
+    )
 
 
 def save_spec_source(spec: SweepSpec) -> None:
@@ -58,8 +57,14 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:  # embedded local cluster; dashboard off (it would bind only 127.0.0.1 if enabled)
-        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                 configure_logging=True, logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
 
 
 def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float) -> dict[ArtifactKey, str]:
@@ -98,8 +103,12 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
                 failed[k] = failed[bad[0]]  # the root cause, as the user has to fix it
             else:
                 batch.append(k)
-        refs = [build_one.options(num_gpus=gpus if stage_uses_accelerator(k) else 0)
-                .remote(k.kind, k.config_json, artifacts_root) for k in batch]
+        refs = [
+            build_one.options(num_gpus=gpus if stage_uses_accelerator(k) else 0).remote(
+                k.kind, k.config_json, artifacts_root
+            )
+            for k in batch
+        ]
         for i, (k, ref) in enumerate(zip(batch, refs), 1):
             try:
                 ray.get(ref)
@@ -128,8 +137,10 @@ def run(spec: SweepSpec, address: str | None = None, checkpoint_interval_s: floa
 def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: float) -> int:
     results.clean_temporaries(spec.storage, spec.name)
     plan = make_plan(spec)
-    _say(f"sweep {spec.name!r}: {len(plan.trials)} trials, {len(plan.done)} done, {len(plan.pending)} pending "
-         f"(storage {spec.storage})")
+    _say(
+        f"sweep {spec.name!r}: {len(plan.trials)} trials, {len(plan.done)} done, {len(plan.pending)} pending "
+        f"(storage {spec.storage})"
+    )
     save_spec_source(spec)
     if not plan.pending:
         _say("nothing to run")
@@ -140,8 +151,9 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     from ray import tune
 
     res = spec.resources
-    failed_stages = build_stages(plan.stages_missing, child_uri(spec.storage, "artifacts"),
-                                 cpus=res.cpus_per_trial, gpus=res.gpus_per_trial)
+    failed_stages = build_stages(
+        plan.stages_missing, child_uri(spec.storage, "artifacts"), cpus=res.cpus_per_trial, gpus=res.gpus_per_trial
+    )
     if failed_stages:
         plan.pending = _drop_trials_of_failed_stages(spec, plan.pending, failed_stages)
         if not plan.pending:
@@ -154,21 +166,33 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     names = {t.trial_id: t.trial_name for t in plan.pending}
     trials_json = {t.trial_id: json.dumps(t.to_json(), sort_keys=True) for t in plan.pending}
     fn = tune.with_resources(
-        tune.with_parameters(trainable, trials_json=trials_json, storage=spec.storage, sweep=spec.name,
-                             num_threads=max(1, int(res.cpus_per_trial)),
-                             checkpoint_interval_s=checkpoint_interval_s),
-        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+        tune.with_parameters(
+            trainable,
+            trials_json=trials_json,
+            storage=spec.storage,
+            sweep=spec.name,
+            num_threads=max(1, int(res.cpus_per_trial)),
+            checkpoint_interval_s=checkpoint_interval_s,
+        ),
+        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial},
+    )
     progress = _progress_callback(names, len(plan.trials), len(plan.done))
     tuner = tune.Tuner(
         fn,
         param_space={"trial_id": tune.grid_search([t.trial_id for t in plan.pending])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,
-                                    trial_dirname_creator=lambda t: t.config["trial_id"]),
-        run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  storage_path=st.path(spec.name, "tune"),
-                                  storage_filesystem=None if st.local else st.fs,
-                                  failure_config=tune.FailureConfig(max_failures=res.max_failures),
-                                  callbacks=[progress], verbose=0),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=res.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=lambda t: t.config["trial_id"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=st.path(spec.name, "tune"),
+            storage_filesystem=None if st.local else st.fs,
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            callbacks=[progress],
+            verbose=0,
+        ),
     )
     grid_results = tuner.fit()
     errored = [r.config["trial_id"] for r in grid_results if r.error is not None and r.config]
@@ -177,10 +201,15 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     missing = [t for t in plan.trials if t.trial_id not in done]
     fails = {k: f for k, f in results.failures(spec.storage, spec.name).items() if f.get("final", True)}
     failed = [t for t in missing if t.trial_id in fails]
-    _say(f"finished: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row"
-         + (f"; {len(failed)} failed (see {results.failures_dir(spec.storage, spec.name)})" if failed else "")
-         + (f"; {len(missing) - len(failed)} not finished (stopped); run again to continue"
-            if len(missing) > len(failed) else ""))
+    _say(
+        f"finished: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row"
+        + (f"; {len(failed)} failed (see {results.failures_dir(spec.storage, spec.name)})" if failed else "")
+        + (
+            f"; {len(missing) - len(failed)} not finished (stopped); run again to continue"
+            if len(missing) > len(failed)
+            else ""
+        )
+    )
     for t in missing:
         f = fails.get(t.trial_id)
         if f:
@@ -191,8 +220,9 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     return 0 if not missing else 1
 
 
-def _drop_trials_of_failed_stages(spec: SweepSpec, pending: list[TrialConfig],
-                                  failed: dict[ArtifactKey, str]) -> list[TrialConfig]:
+def _drop_trials_of_failed_stages(
+    spec: SweepSpec, pending: list[TrialConfig], failed: dict[ArtifactKey, str]
+) -> list[TrialConfig]:
     """Record trials whose stages failed as failures (failures/<trial_id>.json); return the others."""
     from workers.registry import requires, stage_deps
 

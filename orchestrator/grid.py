@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from orchestrator.spec import SweepSpec
 from workers.config import ArtifactKey, TrialConfig
 from workers.registry import needs_teacher, reads_dynamics, requires, stage_deps
-
-from orchestrator.spec import SweepSpec
 
 
 def _excluded(values: dict[str, Any], exclude) -> bool:
@@ -35,9 +34,20 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
         # Score runs train with hard labels on full data: their recipe never depends on the trial's regime,
         # so the subset (and its key) is the same for hl, sl and sl_kd.
         scoring = spec.train if reads_dynamics(selector) else None
-        trials.append(TrialConfig(dataset=spec.dataset, student=spec.student, selector=selector, regime=regime,
-                                  ipc=ipc, seed=seed, budget=spec.budget, train=spec.recipes[regime],
-                                  teacher=teacher, scoring=scoring))
+        trials.append(
+            TrialConfig(
+                dataset=spec.dataset,
+                student=spec.student,
+                selector=selector,
+                regime=regime,
+                ipc=ipc,
+                seed=seed,
+                budget=spec.budget,
+                train=spec.recipes[regime],
+                teacher=teacher,
+                scoring=scoring,
+            )
+        )
     return trials
 
 

@@ -51,8 +51,12 @@ class DriverLock:
         self.st = storage if isinstance(storage, Storage) else Storage(storage)
         self.path = self.st.path(sweep, "driver.lock")
         self.stale_s, self.heartbeat_s = stale_s, heartbeat_s
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(),
-                   "nonce": uuid.uuid4().hex}
+        self.me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "nonce": uuid.uuid4().hex,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost_to: dict | None = None  # the holder that took the lock over while we ran, if any
@@ -155,8 +159,10 @@ class DriverLock:
                 h = self.holder()  # maybe a contender published between the two reads
             if h is None:
                 if age < self.stale_s:  # present but unreadable: damaged, or written by something else
-                    raise SweepLocked(f"{self.path} exists but cannot be read ({age:.0f}s old); another driver may "
-                                      f"be starting. If none is, delete it or rerun after {self.stale_s:.0f}s")
+                    raise SweepLocked(
+                        f"{self.path} exists but cannot be read ({age:.0f}s old); another driver may "
+                        f"be starting. If none is, delete it or rerun after {self.stale_s:.0f}s"
+                    )
                 self._remove_stale(None)
                 continue
             if self._stale(h):
@@ -166,7 +172,8 @@ class DriverLock:
             raise SweepLocked(
                 f"this sweep is already being run by pid {h.get('pid')} on host {h.get('host')} (heartbeat {age:.0f}s "
                 f"ago). Wait for it, stop it, or, if that process is gone, rerun after {self.stale_s:.0f}s without a "
-                f"heartbeat; lock file: {self.path}")
+                f"heartbeat; lock file: {self.path}"
+            )
         else:
             raise SweepLocked(f"could not take {self.path}; another driver keeps taking it")
 
@@ -175,9 +182,13 @@ class DriverLock:
             h = self.holder()
             if not self._mine(h):
                 self.lost_to = h
-                log.warning("the lock %s was taken over by pid %s on host %s (this driver was presumed dead); "
-                            "rows stay consistent (one per trial), but stop one of the two drivers",
-                            self.path, (h or {}).get("pid"), (h or {}).get("host"))
+                log.warning(
+                    "the lock %s was taken over by pid %s on host %s (this driver was presumed dead); "
+                    "rows stay consistent (one per trial), but stop one of the two drivers",
+                    self.path,
+                    (h or {}).get("pid"),
+                    (h or {}).get("host"),
+                )
                 return
             self._write_beat()  # our own file: never touches another driver's lock
 
@@ -187,7 +198,7 @@ class DriverLock:
             self.st.delete(self.path)
         self.st.delete(self.beat_path(self.me))
 
-    def __enter__(self) -> "DriverLock":
+    def __enter__(self) -> DriverLock:
         self.acquire()
         return self
 

@@ -80,8 +80,9 @@ def _plot(table, path: Path) -> None:
     for ax, regime in zip(axes[0], regimes):
         sub = table[table["regime"] == regime]
         for sel, part in sub.groupby("selector"):
-            ax.errorbar(part["ipc"], part["top1_mean"], yerr=part["top1_std"].fillna(0), marker="o",
-                        capsize=2, label=sel)
+            ax.errorbar(
+                part["ipc"], part["top1_mean"], yerr=part["top1_std"].fillna(0), marker="o", capsize=2, label=sel
+            )
         ax.set_xscale("log")
         ax.set_title(f"regime {regime}")
         ax.set_xlabel("images per class")

@@ -16,27 +16,54 @@ import pyarrow.parquet as pq
 
 from workers.storage import Storage
 
-SCHEMA = pa.schema([
-    # identity
-    ("sweep", pa.string()), ("trial_id", pa.string()), ("trial_name", pa.string()), ("selector", pa.string()),
-    ("selector_options", pa.string()), ("regime", pa.string()), ("ipc", pa.int64()), ("seed", pa.int64()),
-    ("dataset", pa.string()), ("student_arch", pa.string()), ("teacher_arch", pa.string()),
-    ("subset_key", pa.string()),
-    # budget
-    ("budget_unit", pa.string()), ("budget_value", pa.float64()),
-    ("images_seen", pa.int64()), ("subset_epochs", pa.float64()), ("full_epochs", pa.float64()),
-    ("steps", pa.int64()),
-    # outcome (fractions in [0, 1]); best_top1 is the best *test* top-1 over evaluations, labelled as such
-    ("top1", pa.float64()), ("top5", pa.float64()), ("loss", pa.float64()), ("best_top1", pa.float64()),
-    ("minival_top1", pa.float64()),
-    # cost
-    ("select_seconds", pa.float64()), ("train_seconds", pa.float64()), ("total_seconds", pa.float64()),
-    ("gpu_name", pa.string()), ("peak_gpu_mem_bytes", pa.int64()), ("soft_label_bytes", pa.int64()),
-    # provenance
-    ("attempt", pa.int64()), ("resumed_from_epoch", pa.int64()), ("host", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
-    ("finished_at", pa.timestamp("us", tz="UTC")), ("ddsweep_version", pa.string()), ("torch_version", pa.string()),
-    ("ray_version", pa.string()), ("config_json", pa.string()), ("history_json", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        # identity
+        ("sweep", pa.string()),
+        ("trial_id", pa.string()),
+        ("trial_name", pa.string()),
+        ("selector", pa.string()),
+        ("selector_options", pa.string()),
+        ("regime", pa.string()),
+        ("ipc", pa.int64()),
+        ("seed", pa.int64()),
+        ("dataset", pa.string()),
+        ("student_arch", pa.string()),
+        ("teacher_arch", pa.string()),
+        ("subset_key", pa.string()),
+        # budget
+        ("budget_unit", pa.string()),
+        ("budget_value", pa.float64()),
+        ("images_seen", pa.int64()),
+        ("subset_epochs", pa.float64()),
+        ("full_epochs", pa.float64()),
+        ("steps", pa.int64()),
+        # outcome (fractions in [0, 1]); best_top1 is the best *test* top-1 over evaluations, labelled as such
+        ("top1", pa.float64()),
+        ("top5", pa.float64()),
+        ("loss", pa.float64()),
+        ("best_top1", pa.float64()),
+        ("minival_top1", pa.float64()),
+        # cost
+        ("select_seconds", pa.float64()),
+        ("train_seconds", pa.float64()),
+        ("total_seconds", pa.float64()),
+        ("gpu_name", pa.string()),
+        ("peak_gpu_mem_bytes", pa.int64()),
+        ("soft_label_bytes", pa.int64()),
+        # provenance
+        ("attempt", pa.int64()),
+        ("resumed_from_epoch", pa.int64()),
+        ("host", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("ddsweep_version", pa.string()),
+        ("torch_version", pa.string()),
+        ("ray_version", pa.string()),
+        ("config_json", pa.string()),
+        ("history_json", pa.string()),
+    ]
+)
 
 
 def _st(storage) -> Storage:
@@ -102,12 +129,27 @@ def done_ids(storage, sweep: str) -> set[str]:
     return {name[: -len(".parquet")] for name in st.list(results_dir(st, sweep), ".parquet")}
 
 
-def record_failure(storage, sweep: str, trial_id: str, trial_name: str, attempt: int, error: str,
-                   traceback_text: str, final: bool = True) -> None:
+def record_failure(
+    storage,
+    sweep: str,
+    trial_id: str,
+    trial_name: str,
+    attempt: int,
+    error: str,
+    traceback_text: str,
+    final: bool = True,
+) -> None:
     """`final`: no retry is left (the driver marks it after Tune gives up); an attempt that failed while
     Tune may still retry is recorded with final=False, so `status` shows it as started, not failed."""
-    payload = {"trial_id": trial_id, "trial_name": trial_name, "attempt": attempt, "error": error,
-               "traceback": traceback_text, "at": time.time(), "final": final}
+    payload = {
+        "trial_id": trial_id,
+        "trial_name": trial_name,
+        "attempt": attempt,
+        "error": error,
+        "traceback": traceback_text,
+        "at": time.time(),
+        "final": final,
+    }
     st = _st(storage)
     st.write_atomic(f"{failures_dir(st, sweep)}/{trial_id}.json", json.dumps(payload, indent=1).encode())
 
@@ -166,8 +208,11 @@ def best_window(df, selector: str = "el2n_window", option: str = "offset", by=("
     if rows.empty:
         return pd.DataFrame(columns=cols)
     rows[option] = rows["selector_options"].map(lambda s: json.loads(s)[option])
-    g = rows.groupby([*by, option]).agg(minival_top1=("minival_top1", "mean"), top1=("top1", "mean"),
-                                         seeds=("seed", "nunique")).reset_index()
+    g = (
+        rows.groupby([*by, option])
+        .agg(minival_top1=("minival_top1", "mean"), top1=("top1", "mean"), seeds=("seed", "nunique"))
+        .reset_index()
+    )
     g = g.sort_values([*by, "minival_top1", option], ascending=[True] * len(by) + [False, True])
     best = g.groupby(list(by), sort=True).head(1).copy()
     best["candidates"] = g.groupby(list(by))[option].transform("count").loc[best.index]

@@ -10,19 +10,33 @@ from typing import Any
 
 import yaml
 
-from workers.config import (BUDGET_UNITS, BudgetConfig, DatasetConfig, Named, TeacherConfig, TrainConfig,
-                            _frozen_options)
+from workers.config import BUDGET_UNITS, BudgetConfig, DatasetConfig, Named, TeacherConfig, TrainConfig, _frozen_options
 from workers.registry import ARCHS, DATASETS, REGIMES, SELECTORS, describe_dataset, did_you_mean, needs_teacher
 
 AXES = ("selector", "regime", "ipc", "seed")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STORAGE = "./ddsweep-runs"
 TOP = "(top level)"
-TOP_KEYS = ("name", "storage", "dataset", "teacher", "student", "budget", "grid", "selectors", "train", "resources",
-            "exclude")
+TOP_KEYS = (
+    "name",
+    "storage",
+    "dataset",
+    "teacher",
+    "student",
+    "budget",
+    "grid",
+    "selectors",
+    "train",
+    "resources",
+    "exclude",
+)
 REQUIRED_TOP = ("name", "dataset", "student", "budget", "grid")
-TRAIN_CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("cosine", "half_cosine", "step", "constant"),
-                 "augment": ("none", "crop", "crop_flip"), "kd_backend": ("online", "stored")}
+TRAIN_CHOICES = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": ("cosine", "half_cosine", "step", "constant"),
+    "augment": ("none", "crop", "crop_flip"),
+    "kd_backend": ("online", "stored"),
+}
 
 
 class SpecError(Exception):
@@ -74,13 +88,17 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         try:
             hash(key)
         except TypeError:
-            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
-                                                    "found unhashable key", key_node.start_mark) from None
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+            ) from None
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping (line {mark.line + 1}, column {mark.column + 1})",
-                mark)
+                None,
+                None,
+                f"key {key!r} appears twice in one mapping (line {mark.line + 1}, column {mark.column + 1})",
+                mark,
+            )
         seen[key] = True
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -90,7 +108,8 @@ _NoDuplicateLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TA
 
 def _type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "empty"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 class _Checker:
@@ -100,23 +119,27 @@ class _Checker:
     def err(self, path: str, msg: str) -> None:
         self.problems.append(f"{path}: {msg}")
 
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...] | None, required: tuple[str, ...] = (),
-                what: str = "") -> dict | None:
+    def mapping(
+        self, value: Any, path: str, allowed: tuple[str, ...] | None, required: tuple[str, ...] = (), what: str = ""
+    ) -> dict | None:
         if not isinstance(value, dict):
             self.err(path, f"expected a mapping{what}, got {_type_name(value)} {value!r}")
             return None
         if allowed is not None:
             for key in value:
                 if key not in allowed:
-                    self.err(f"{path}.{key}" if path != TOP else str(key),
-                             f"unknown key{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}")
+                    self.err(
+                        f"{path}.{key}" if path != TOP else str(key),
+                        f"unknown key{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}",
+                    )
         for key in required:
             if key not in value:
                 self.err(f"{path}.{key}" if path != TOP else key, "is required")
         return value
 
-    def number(self, value: Any, path: str, *, integer: bool = False, minimum: float | None = None,
-               exclusive: bool = False) -> bool:
+    def number(
+        self, value: Any, path: str, *, integer: bool = False, minimum: float | None = None, exclusive: bool = False
+    ) -> bool:
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok or (isinstance(value, float) and not math.isfinite(value)):
             self.err(path, f"{value!r} is not {'an integer' if integer else 'a number'}")
@@ -151,8 +174,11 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
 
     name = doc.get("name")
     if "name" in doc and (not isinstance(name, str) or not NAME_RE.match(name)):
-        c.err("name", f"{name!r} is not a valid sweep name; use 1-100 characters from A-Z a-z 0-9 . _ -, "
-                      "starting with a letter or digit")
+        c.err(
+            "name",
+            f"{name!r} is not a valid sweep name; use 1-100 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit",
+        )
     storage = storage_override or doc.get("storage", DEFAULT_STORAGE)
     if not isinstance(storage, str) or not storage.strip():
         c.err("storage", f"{storage!r} is not a path; give a local or NFS folder such as ./ddsweep-runs")
@@ -162,8 +188,11 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
 
             Storage(storage)
         except Exception as err:  # pyarrow: unknown scheme, bad query option, ...
-            c.err("storage", f"{storage!r} is not a usable storage URI ({str(err).splitlines()[0]}); give a "
-                             "local/NFS path or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]")
+            c.err(
+                "storage",
+                f"{storage!r} is not a usable storage URI ({str(err).splitlines()[0]}); give a "
+                "local/NFS path or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]",
+            )
 
     dataset, ds_info = _dataset(c, doc.get("dataset")) if "dataset" in doc else (None, None)
     student = _named_with_options(c, doc.get("student"), "student", ARCHS, "arch") if "student" in doc else None
@@ -183,20 +212,39 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].meta.get("needs_teacher")]
         users += [f"selector {s.name!r}" for s in axes["selector"] if needs_teacher(s, "hl")]
         if users and "teacher" not in doc:
-            c.err("teacher", f"is required by {', '.join(dict.fromkeys(users))}; add e.g. "
-                             "teacher: {arch: convnet, epochs: 30} (trained here) or teacher: {arch: ..., weights: PATH}")
+            c.err(
+                "teacher",
+                f"is required by {', '.join(dict.fromkeys(users))}; add e.g. "
+                "teacher: {arch: convnet, epochs: 30} (trained here) or teacher: {arch: ..., weights: PATH}",
+            )
         for r in axes["regime"]:
             t = recipes[r]
             if r != "hl" and t.optimizer == "sgd" and not t.t2_scale:
-                warnings.append(f"train.{r}: SGD with soft labels and t2_scale: false divides the effective learning "
-                                f"rate by T^2 = {t.temperature ** 2:g} (METHODS.md §1.4)")
+                warnings.append(
+                    f"train.{r}: SGD with soft labels and t2_scale: false divides the effective learning "
+                    f"rate by T^2 = {t.temperature**2:g} (METHODS.md §1.4)"
+                )
 
     if c.problems:
         raise SpecError(c.problems, source)
-    return SweepSpec(name=name, storage=storage, dataset=dataset, student=student, budget=budget,
-                     selectors=axes["selector"], regimes=axes["regime"], ipcs=axes["ipc"], seeds=axes["seed"],
-                     train=train, recipes=recipes, resources=resources, exclude=exclude, teacher=teacher,
-                     warnings=tuple(warnings), source=text)
+    return SweepSpec(
+        name=name,
+        storage=storage,
+        dataset=dataset,
+        student=student,
+        budget=budget,
+        selectors=axes["selector"],
+        regimes=axes["regime"],
+        ipcs=axes["ipc"],
+        seeds=axes["seed"],
+        train=train,
+        recipes=recipes,
+        resources=resources,
+        exclude=exclude,
+        teacher=teacher,
+        warnings=tuple(warnings),
+        source=text,
+    )
 
 
 def _selector_rules(c: _Checker, warnings: list[str], axes: dict, dataset, student, budget, train, teacher) -> None:
@@ -208,8 +256,20 @@ def _selector_rules(c: _Checker, warnings: list[str], axes: dict, dataset, stude
         for kind in ("validate", "advise"):
             rule = SELECTORS[sel.name].meta.get(kind)
             for ipc in axes["ipc"] if rule else ():
-                msg = rule(sel, TrialConfig(dataset=dataset, student=student, selector=sel, regime="hl", ipc=ipc,
-                                            seed=0, budget=budget, train=train, teacher=teacher))
+                msg = rule(
+                    sel,
+                    TrialConfig(
+                        dataset=dataset,
+                        student=student,
+                        selector=sel,
+                        regime="hl",
+                        ipc=ipc,
+                        seed=0,
+                        budget=budget,
+                        train=train,
+                        teacher=teacher,
+                    ),
+                )
                 if msg and kind == "validate":
                     c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
                     break
@@ -223,8 +283,10 @@ def _convnet_fits(c: _Checker, net: Named | None, ds_info: dict | None, path: st
     if net and net.name == "convnet" and ds_info:
         side = ds_info["image_shape"][1]
         if side >> net.opts["depth"] < 1:
-            c.err(f"{path}.depth", f"{net.opts['depth']} halves a {side}px image below 1px; "
-                                   f"use depth <= {side.bit_length() - 1}")
+            c.err(
+                f"{path}.depth",
+                f"{net.opts['depth']} halves a {side}px image below 1px; use depth <= {side.bit_length() - 1}",
+            )
 
 
 TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f not in ("arch", "weights_sha256"))
@@ -233,8 +295,10 @@ TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f not in (
 def _relative(path: str) -> str:
     # Not resolved for the user: under `ray job submit --working-dir` the driver's folder is Ray's package
     # folder, whose name changes with every upload, and the path is part of trial ids and artifact keys.
-    return (f"{path!r} is relative; trials and stages run in other folders and on other nodes, so give the "
-            f"absolute path (here that would be {str(Path(path).resolve())!r}), the same on every node")
+    return (
+        f"{path!r} is relative; trials and stages run in other folders and on other nodes, so give the "
+        f"absolute path (here that would be {str(Path(path).resolve())!r}), the same on every node"
+    )
 
 
 def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | None:
@@ -326,8 +390,11 @@ def _budget(c: _Checker, value: Any) -> BudgetConfig | None:
     if len(units) != 1:
         if len(d) and not units:
             return None  # unknown keys already reported
-        c.err("budget", f"give exactly one of {', '.join(BUDGET_UNITS)}; got {len(units)}"
-                        + (f" ({', '.join(units)})" if units else ""))
+        c.err(
+            "budget",
+            f"give exactly one of {', '.join(BUDGET_UNITS)}; got {len(units)}"
+            + (f" ({', '.join(units)})" if units else ""),
+        )
         return None
     unit = units[0]
     if not c.number(d[unit], f"budget.{unit}", integer=unit == "steps", minimum=0, exclusive=True):
@@ -410,8 +477,11 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
     for i, v in enumerate(_axis_list(c, g, "ipc") or []):
         if c.number(v, f"grid.ipc[{i}]", integer=True, minimum=1):
             if smallest and v > smallest[0]:
-                c.err(f"grid.ipc[{i}]", f"{v} is more than the smallest class has ({smallest[0]} train images in "
-                                        f"class {smallest[1]!r}); use ipc <= {smallest[0]}")
+                c.err(
+                    f"grid.ipc[{i}]",
+                    f"{v} is more than the smallest class has ({smallest[0]} train images in "
+                    f"class {smallest[1]!r}); use ipc <= {smallest[0]}",
+                )
             else:
                 ipcs.append(v)
                 where["ipc"].append(i)
@@ -473,9 +543,15 @@ def _train(c: _Checker, value: Any) -> dict[str, TrainConfig]:
     common = _train_fields(c, d, "train")
     recipes = {}
     for r in REGIMES.names():
-        own = c.mapping(d.get(r) if d.get(r) is not None else {}, f"train.{r}",
-                        tuple(f.name for f in fields(TrainConfig))) or {}
-        recipes[r] = TrainConfig(**{**REGIMES[r].meta.get("recipe", {}), **common, **_train_fields(c, own, f"train.{r}")})
+        own = (
+            c.mapping(
+                d.get(r) if d.get(r) is not None else {}, f"train.{r}", tuple(f.name for f in fields(TrainConfig))
+            )
+            or {}
+        )
+        recipes[r] = TrainConfig(
+            **{**REGIMES[r].meta.get("recipe", {}), **common, **_train_fields(c, own, f"train.{r}")}
+        )
     return recipes
 
 
@@ -488,8 +564,9 @@ def _resources(c: _Checker, value: Any) -> Resources:
             good[key] = float(d[key])
     if good.get("gpus_per_trial", 0) == 0 and good.get("cpus_per_trial", 1) == 0:
         c.err("resources.cpus_per_trial", "0 with gpus_per_trial 0 would schedule unlimited trials; give >= 0.1")
-    if d.get("max_concurrent") is not None and c.number(d["max_concurrent"], "resources.max_concurrent",
-                                                         integer=True, minimum=1):
+    if d.get("max_concurrent") is not None and c.number(
+        d["max_concurrent"], "resources.max_concurrent", integer=True, minimum=1
+    ):
         good["max_concurrent"] = d["max_concurrent"]
     if "max_failures" in d and c.number(d["max_failures"], "resources.max_failures", integer=True, minimum=0):
         good["max_failures"] = d["max_failures"]
@@ -510,11 +587,16 @@ def _exclude(c: _Checker, value: Any, axes: dict) -> tuple:
             continue
         ok = True
         for axis, v in d.items():
-            present = [s.name for s in axes["selector"]] + [s.label() for s in axes["selector"]] \
-                if axis == "selector" else list(axes[axis])
+            present = (
+                [s.name for s in axes["selector"]] + [s.label() for s in axes["selector"]]
+                if axis == "selector"
+                else list(axes[axis])
+            )
             if v not in present:
-                c.err(f"{path}.{axis}", f"{v!r} matches nothing in grid.{axis}; the grid has "
-                                        f"{', '.join(map(str, dict.fromkeys(present)))}")
+                c.err(
+                    f"{path}.{axis}",
+                    f"{v!r} matches nothing in grid.{axis}; the grid has {', '.join(map(str, dict.fromkeys(present)))}",
+                )
                 ok = False
         if ok:
             out.append(tuple(sorted(d.items())))

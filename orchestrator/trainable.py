@@ -10,11 +10,10 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any
 
+from orchestrator import results
 from workers import __version__
 from workers.config import TrialConfig, canonical_json
 from workers.storage import Storage, child_uri
-
-from orchestrator import results
 
 
 def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: int, started_at: datetime) -> dict:
@@ -22,14 +21,24 @@ def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: in
 
     history = metrics.pop("history", [])
     return {
-        "sweep": sweep, "trial_id": cfg.trial_id, "trial_name": cfg.trial_name,
-        "selector": cfg.selector.name, "selector_options": json.dumps(cfg.selector.opts, sort_keys=True),
-        "regime": cfg.regime, "ipc": cfg.ipc, "seed": cfg.seed,
-        "budget_unit": cfg.budget.unit, "budget_value": float(cfg.budget.value),
+        "sweep": sweep,
+        "trial_id": cfg.trial_id,
+        "trial_name": cfg.trial_name,
+        "selector": cfg.selector.name,
+        "selector_options": json.dumps(cfg.selector.opts, sort_keys=True),
+        "regime": cfg.regime,
+        "ipc": cfg.ipc,
+        "seed": cfg.seed,
+        "budget_unit": cfg.budget.unit,
+        "budget_value": float(cfg.budget.value),
         **metrics,
-        "attempt": attempt, "started_at": started_at, "finished_at": datetime.now(timezone.utc),
-        "ddsweep_version": __version__, "ray_version": ray.__version__,
-        "config_json": canonical_json(cfg.to_json()), "history_json": json.dumps(history),
+        "attempt": attempt,
+        "started_at": started_at,
+        "finished_at": datetime.now(timezone.utc),
+        "ddsweep_version": __version__,
+        "ray_version": ray.__version__,
+        "config_json": canonical_json(cfg.to_json()),
+        "history_json": json.dumps(history),
     }
 
 
@@ -46,8 +55,15 @@ def count_attempt(ckpt: str) -> int:
     return n
 
 
-def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str, num_threads: int,
-            report=None, checkpoint_interval_s: float = 60.0) -> dict | None:
+def run_one(
+    trial_id: str,
+    trials_json: dict[str, str],
+    storage: str,
+    sweep: str,
+    num_threads: int,
+    report=None,
+    checkpoint_interval_s: float = 60.0,
+) -> dict | None:
     """Run a trial unless its row exists. Returns the row written, or None when there was nothing to do."""
     from workers.trial import TrialContext, clear_checkpoint, run_trial
 
@@ -57,13 +73,26 @@ def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str
     ckpt = child_uri(storage, sweep, "checkpoints", trial_id)
     attempt = count_attempt(ckpt)
     started_at = datetime.now(timezone.utc)
-    ctx = TrialContext(artifacts_root=child_uri(storage, "artifacts"), checkpoint_dir=ckpt,
-                       report=report, num_threads=num_threads, checkpoint_interval_s=checkpoint_interval_s)
+    ctx = TrialContext(
+        artifacts_root=child_uri(storage, "artifacts"),
+        checkpoint_dir=ckpt,
+        report=report,
+        num_threads=num_threads,
+        checkpoint_interval_s=checkpoint_interval_s,
+    )
     try:
         metrics = run_trial(cfg, ctx)
     except Exception as err:
-        results.record_failure(storage, sweep, trial_id, cfg.trial_name, attempt, f"{type(err).__name__}: {err}",
-                               traceback.format_exc(), final=False)  # Tune may retry; the driver decides
+        results.record_failure(
+            storage,
+            sweep,
+            trial_id,
+            cfg.trial_name,
+            attempt,
+            f"{type(err).__name__}: {err}",
+            traceback.format_exc(),
+            final=False,
+        )  # Tune may retry; the driver decides
         raise
     row = build_row(sweep, cfg, metrics, attempt, started_at)
     results.write_row(storage, sweep, row)
@@ -72,13 +101,20 @@ def run_one(trial_id: str, trials_json: dict[str, str], storage: str, sweep: str
     return row
 
 
-def trainable(config: dict, trials_json: dict[str, str], storage: str, sweep: str, num_threads: int,
-              checkpoint_interval_s: float) -> None:
+def trainable(
+    config: dict, trials_json: dict[str, str], storage: str, sweep: str, num_threads: int, checkpoint_interval_s: float
+) -> None:
     from ray import tune
 
-    row = run_one(config["trial_id"], trials_json, storage, sweep, num_threads,
-                  report=lambda r: tune.report({k: v for k, v in r.items() if isinstance(v, (int, float))}),
-                  checkpoint_interval_s=checkpoint_interval_s)
+    row = run_one(
+        config["trial_id"],
+        trials_json,
+        storage,
+        sweep,
+        num_threads,
+        report=lambda r: tune.report({k: v for k, v in r.items() if isinstance(v, (int, float))}),
+        checkpoint_interval_s=checkpoint_interval_s,
+    )
     final = {"ddsweep_done": 1}
     if row is not None:
         final.update({"top1": row["top1"], "minival_top1": row["minival_top1"], "total_seconds": row["total_seconds"]})

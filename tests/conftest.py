@@ -24,20 +24,28 @@ def cli_env(ray_home) -> dict[str, str]:
     return env
 
 
-def write_sweep(path: Path, *, name: str = "tiny", ipc=(2, 5), seeds=(0, 1), epochs: int = 20,
-                storage: Path | None = None, extra: str = "") -> Path:
+def write_sweep(
+    path: Path,
+    *,
+    name: str = "tiny",
+    ipc=(2, 5),
+    seeds=(0, 1),
+    epochs: int = 20,
+    storage: Path | None = None,
+    extra: str = "",
+) -> Path:
     """A small digits sweep for end-to-end tests (a few seconds per trial on one CPU)."""
     path.write_text(f"""
 name: {name}
-storage: {storage or path.parent / 'store'}
+storage: {storage or path.parent / "store"}
 dataset: {{name: digits}}
 student: {{arch: convnet, depth: 2, width: 16}}
 budget: {{epochs: {epochs}}}
 grid:
   selector: [random]
   regime: [hl]
-  ipc: [{', '.join(map(str, ipc))}]
-  seed: [{', '.join(map(str, seeds))}]
+  ipc: [{", ".join(map(str, ipc))}]
+  seed: [{", ".join(map(str, seeds))}]
 train: {{optimizer: adamw, lr: 0.01, batch_size: 32}}
 resources: {{cpus_per_trial: 1}}
 {extra}

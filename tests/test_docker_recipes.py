@@ -11,12 +11,12 @@ import copy
 import json
 import re
 import shlex
-import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -38,15 +38,18 @@ class Recipes:
     @classmethod
     def read(cls, root: Path = REPO) -> Recipes:
         docker = root / "docker"
-        return cls(pyproject=tomllib.loads((root / "pyproject.toml").read_text()),
-                   dockerfile=(docker / "Dockerfile").read_text(),
-                   cluster=yaml.safe_load((docker / "cluster.yaml").read_text()),
-                   rayjob=yaml.safe_load((docker / "rayjob.yaml").read_text()),
-                   readme=(docker / "README.md").read_text(),
-                   root=root)
+        return cls(
+            pyproject=tomllib.loads((root / "pyproject.toml").read_text()),
+            dockerfile=(docker / "Dockerfile").read_text(),
+            cluster=yaml.safe_load((docker / "cluster.yaml").read_text()),
+            rayjob=yaml.safe_load((docker / "rayjob.yaml").read_text()),
+            readme=(docker / "README.md").read_text(),
+            root=root,
+        )
 
 
 # ---- reading the files ---------------------------------------------------------------------
+
 
 def requirement(pyproject: dict, name: str) -> Requirement:
     for dep in pyproject["project"]["dependencies"]:
@@ -56,7 +59,7 @@ def requirement(pyproject: dict, name: str) -> Requirement:
 
 
 def ray_pin(pyproject: dict) -> str:
-    (spec,) = requirement(pyproject, "ray").specifier       # exactly one specifier: ray[tune]==X
+    (spec,) = requirement(pyproject, "ray").specifier  # exactly one specifier: ray[tune]==X
     assert spec.operator == "==", f"ray is not pinned with == in pyproject.toml: {spec}"
     return spec.version
 
@@ -95,7 +98,7 @@ def readme_submits(readme: str) -> list[list[str]]:
 
 
 def after_dashdash(argv: list[str]) -> list[str]:
-    return argv[argv.index("--") + 1:]
+    return argv[argv.index("--") + 1 :]
 
 
 def under(path: str, mount: str) -> bool:
@@ -109,16 +112,18 @@ def is_spot(node_type: dict) -> bool:
 
 # ---- the checks ----------------------------------------------------------------------------
 
+
 def check_ray_version(r: Recipes) -> list[str]:
     """Every Ray version named in Dockerfile, rayjob.yaml and README.md is pyproject's pin."""
     pin, problems = ray_pin(r.pyproject), []
     base = re.search(rf"^ARG BASE_IMAGE=rayproject/ray:({VERSION})-", r.dockerfile, flags=re.M)
     if not base:
         problems.append("Dockerfile: no `ARG BASE_IMAGE=rayproject/ray:<version>-...`")
-    found = {"Dockerfile": re.findall(rf"rayproject/ray:({VERSION})", r.dockerfile),
-             "rayjob.yaml rayVersion": [str(r.rayjob["spec"]["rayClusterSpec"]["rayVersion"])],
-             "README.md": re.findall(rf"rayproject/ray:({VERSION})|ray\[[\w,]+\]==({VERSION})|\bRay ({VERSION})",
-                                     r.readme)}
+    found = {
+        "Dockerfile": re.findall(rf"rayproject/ray:({VERSION})", r.dockerfile),
+        "rayjob.yaml rayVersion": [str(r.rayjob["spec"]["rayClusterSpec"]["rayVersion"])],
+        "README.md": re.findall(rf"rayproject/ray:({VERSION})|ray\[[\w,]+\]==({VERSION})|\bRay ({VERSION})", r.readme),
+    }
     found["README.md"] = [next(v for v in groups if v) for groups in found["README.md"]]
     for where, versions in found.items():
         if not versions:
@@ -130,8 +135,10 @@ def check_ray_version(r: Recipes) -> list[str]:
 def check_console_script(r: Recipes) -> list[str]:
     """The commands the recipes run are console scripts of pyproject, and their targets exist."""
     scripts, problems = r.pyproject["project"]["scripts"], []
-    commands = {"rayjob.yaml entrypoint": entrypoint(r.rayjob)[0],
-                "Dockerfile CMD": json.loads(re.search(r"^CMD (\[.*\])", r.dockerfile, flags=re.M)[1])[0]}
+    commands = {
+        "rayjob.yaml entrypoint": entrypoint(r.rayjob)[0],
+        "Dockerfile CMD": json.loads(re.search(r"^CMD (\[.*\])", r.dockerfile, flags=re.M)[1])[0],
+    }
     commands |= {f"README.md submit #{i}": after_dashdash(argv)[0] for i, argv in enumerate(readme_submits(r.readme))}
     for where, command in commands.items():
         if command not in scripts:
@@ -145,12 +152,15 @@ def check_console_script(r: Recipes) -> list[str]:
 
 def check_sweep_files(r: Recipes) -> list[str]:
     """Sweep files named by rayjob.yaml and README.md exist in the repository."""
-    named = {"rayjob.yaml entrypoint": [arg_after(entrypoint(r.rayjob), "run")],
-             "README.md": re.findall(r"sweeps/[\w./-]+\.ya?ml", r.readme)}
+    named = {
+        "rayjob.yaml entrypoint": [arg_after(entrypoint(r.rayjob), "run")],
+        "README.md": re.findall(r"sweeps/[\w./-]+\.ya?ml", r.readme),
+    }
     named["README.md"] += [arg_after(after_dashdash(argv), "run") for argv in readme_submits(r.readme)]
     problems = [f"{where}: no README submit command and no sweep named" for where, files in named.items() if not files]
-    return problems + [f"{where}: {f} does not exist" for where, files in named.items()
-                       for f in files if not (r.root / f).is_file()]
+    return problems + [
+        f"{where}: {f} does not exist" for where, files in named.items() for f in files if not (r.root / f).is_file()
+    ]
 
 
 def stop_env_problems(where: str, env: dict) -> list[str]:
@@ -158,7 +168,7 @@ def stop_env_problems(where: str, env: dict) -> list[str]:
     if env.get("RAY_JOB_STOP_SIGNAL") != "SIGINT":
         problems.append(f"{where}: RAY_JOB_STOP_SIGNAL={env.get('RAY_JOB_STOP_SIGNAL')!r}, want SIGINT (RAY.md §2)")
     wait = env.get("RAY_JOB_STOP_WAIT_TIME_S")
-    if not isinstance(wait, str):        # runtime_env env_vars must be strings
+    if not isinstance(wait, str):  # runtime_env env_vars must be strings
         problems.append(f"{where}: RAY_JOB_STOP_WAIT_TIME_S={wait!r} is not a string")
     elif not re.fullmatch(r"\d+(\.\d+)?", wait) or float(wait) < 120:
         problems.append(f"{where}: RAY_JOB_STOP_WAIT_TIME_S={wait!r}, want >= 120 (RAY.md §2)")
@@ -210,7 +220,7 @@ def check_dockerfile_shape(r: Recipes) -> list[str]:
         problems.append(f"Dockerfile: runs as {users[-1:] or 'the base default'}, want USER ray")
     cmd = re.search(r"^CMD (\[.*\])", text, flags=re.M)
     if not cmd or json.loads(cmd[1])[1:] != ["--help"]:
-        problems.append("Dockerfile: CMD is not `[\"ddsweep\", \"--help\"]`")
+        problems.append('Dockerfile: CMD is not `["ddsweep", "--help"]`')
     return problems
 
 
@@ -237,11 +247,17 @@ def check_images(r: Recipes) -> list[str]:
     """cluster.yaml and every rayjob.yaml pod run one image, tagged <project>:<version> like README builds."""
     name, version = r.pyproject["project"]["name"], r.pyproject["project"]["version"]
     images = {"cluster.yaml docker.image": r.cluster["docker"]["image"]}
-    images |= {f"rayjob.yaml {group}/{c['name']}": c["image"]
-               for group, pod in rayjob_pods(r.rayjob) for c in pod["containers"]}
+    images |= {
+        f"rayjob.yaml {group}/{c['name']}": c["image"]
+        for group, pod in rayjob_pods(r.rayjob)
+        for c in pod["containers"]
+    }
     ours = re.compile(rf"(^|/){re.escape(name)}:{re.escape(version)}$")
-    problems = [f"{where}: image {image!r} is not <registry/>{name}:{version}"
-                for where, image in images.items() if not ours.search(image)]
+    problems = [
+        f"{where}: image {image!r} is not <registry/>{name}:{version}"
+        for where, image in images.items()
+        if not ours.search(image)
+    ]
     if len(set(images.values())) > 1:
         problems.append(f"the recipes name different images: {images}")
     for tag in re.findall(r"docker build [^\n]*-t (\S+)", r.readme + r.dockerfile):
@@ -260,16 +276,23 @@ def check_shared_storage(r: Recipes) -> list[str]:
         if not any(under(storage, m) for m in mounts):
             problems.append(f"rayjob.yaml {group}: --storage {storage} is on none of its mounts {mounts}")
     if str(spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].get("num-cpus")) != "0":
-        problems.append("rayjob.yaml: head rayStartParams num-cpus is not \"0\"")
-    gpu_groups = [g for g in spec["rayClusterSpec"]["workerGroupSpecs"]
-                  if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
-                         for c in g["template"]["spec"]["containers"])]
+        problems.append('rayjob.yaml: head rayStartParams num-cpus is not "0"')
+    gpu_groups = [
+        g
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+        if any(
+            "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in g["template"]["spec"]["containers"]
+        )
+    ]
     if not gpu_groups:
         problems.append("rayjob.yaml: no worker group with a nvidia.com/gpu limit")
     if spec.get("shutdownAfterJobFinishes") is not True:
         problems.append("rayjob.yaml: shutdownAfterJobFinishes is not true")
-    binds = [opt.split()[1].split(":")[1] for opt in r.cluster["docker"].get("run_options", [])
-             if re.fullmatch(r"-v \S+:\S+", opt)]
+    binds = [
+        opt.split()[1].split(":")[1]
+        for opt in r.cluster["docker"].get("run_options", [])
+        if re.fullmatch(r"-v \S+:\S+", opt)
+    ]
     for i, argv in enumerate(readme_submits(r.readme)):
         path = arg_after(after_dashdash(argv), "--storage")
         if not any(under(path, b) for b in binds):
@@ -277,8 +300,17 @@ def check_shared_storage(r: Recipes) -> list[str]:
     return problems
 
 
-CHECKS = [check_ray_version, check_console_script, check_sweep_files, check_stop_signal, check_torch_pin,
-          check_dockerfile_shape, check_cluster_nodes, check_images, check_shared_storage]
+CHECKS = [
+    check_ray_version,
+    check_console_script,
+    check_sweep_files,
+    check_stop_signal,
+    check_torch_pin,
+    check_dockerfile_shape,
+    check_cluster_nodes,
+    check_images,
+    check_shared_storage,
+]
 
 
 @pytest.fixture(scope="module")
@@ -293,16 +325,19 @@ def test_recipes_agree(recipes: Recipes, check: Callable[[Recipes], list[str]]) 
 
 # ---- drift: each change must be caught by the check named beside it ------------------------
 
+
 def _set_dep(name: str, new: str) -> Callable[[Recipes], None]:
     def change(r: Recipes) -> None:
         deps = r.pyproject["project"]["dependencies"]
         deps[:] = [new if Requirement(d).name == name else d for d in deps]
+
     return change
 
 
 def _sub(field: str, pattern: str, repl: str, count: int = 0) -> Callable[[Recipes], None]:
     def change(r: Recipes) -> None:
         setattr(r, field, re.sub(pattern, repl, getattr(r, field), count=count, flags=re.M))
+
     return change
 
 
@@ -315,6 +350,7 @@ def _env(key: str, value) -> Callable[[Recipes], None]:
         env = rayjob_env(r.rayjob)
         env[key] = value
         _job(r)["runtimeEnvYAML"] = yaml.safe_dump({"env_vars": env})
+
     return change
 
 
@@ -343,26 +379,38 @@ def _torch_last(r: Recipes) -> None:
 Check = Callable[[Recipes], list[str]]
 DRIFTS: dict[str, tuple[Check, Callable[[Recipes], None]]] = {
     "pyproject ray pin": (check_ray_version, _set_dep("ray", "ray[tune]==2.61.0")),
-    "Dockerfile base tag": (check_ray_version,
-                            _sub("dockerfile", rf"^(ARG BASE_IMAGE=rayproject/ray:){VERSION}", r"\g<1>2.59.0")),
+    "Dockerfile base tag": (
+        check_ray_version,
+        _sub("dockerfile", rf"^(ARG BASE_IMAGE=rayproject/ray:){VERSION}", r"\g<1>2.59.0"),
+    ),
     "rayjob rayVersion": (check_ray_version, lambda r: _job(r)["rayClusterSpec"].update(rayVersion="2.59.0")),
     "README Ray version": (check_ray_version, _sub("readme", rf"rayproject/ray:{VERSION}", "rayproject/ray:2.59.0", 1)),
-    "pyproject script renamed": (check_console_script,
-                                 lambda r: r.pyproject["project"].update(scripts={"dds": "orchestrator.cli:main"})),
-    "pyproject script target": (check_console_script,
-                                lambda r: r.pyproject["project"]["scripts"].update(ddsweep="orchestrator.nope:main")),
-    "rayjob entrypoint command": (check_console_script,
-                                  _entrypoint("dsweep run sweeps/smoke.yaml --storage /shared/ddsweep")),
+    "pyproject script renamed": (
+        check_console_script,
+        lambda r: r.pyproject["project"].update(scripts={"dds": "orchestrator.cli:main"}),
+    ),
+    "pyproject script target": (
+        check_console_script,
+        lambda r: r.pyproject["project"]["scripts"].update(ddsweep="orchestrator.nope:main"),
+    ),
+    "rayjob entrypoint command": (
+        check_console_script,
+        _entrypoint("dsweep run sweeps/smoke.yaml --storage /shared/ddsweep"),
+    ),
     "README submit command": (check_console_script, _sub("readme", r"-- ddsweep run", "-- python -m ddsweep run")),
     "rayjob sweep file": (check_sweep_files, _entrypoint("ddsweep run sweeps/missing.yaml --storage /shared/ddsweep")),
     "README sweep file": (check_sweep_files, _sub("readme", r"sweeps/smoke\.yaml", "sweeps/paper_digits.yaml")),
     "rayjob SIGTERM": (check_stop_signal, _env("RAY_JOB_STOP_SIGNAL", "SIGTERM")),
     "rayjob 3 s wait": (check_stop_signal, _env("RAY_JOB_STOP_WAIT_TIME_S", "3")),
     "rayjob wait not a string": (check_stop_signal, _env("RAY_JOB_STOP_WAIT_TIME_S", 120)),
-    "README SIGTERM": (check_stop_signal, _sub("readme", r'"RAY_JOB_STOP_SIGNAL": "SIGINT"',
-                                               '"RAY_JOB_STOP_SIGNAL": "SIGTERM"')),
-    "README 30 s wait": (check_stop_signal, _sub("readme", r'"RAY_JOB_STOP_WAIT_TIME_S": "120"',
-                                                 '"RAY_JOB_STOP_WAIT_TIME_S": "30"')),
+    "README SIGTERM": (
+        check_stop_signal,
+        _sub("readme", r'"RAY_JOB_STOP_SIGNAL": "SIGINT"', '"RAY_JOB_STOP_SIGNAL": "SIGTERM"'),
+    ),
+    "README 30 s wait": (
+        check_stop_signal,
+        _sub("readme", r'"RAY_JOB_STOP_WAIT_TIME_S": "120"', '"RAY_JOB_STOP_WAIT_TIME_S": "30"'),
+    ),
     "Dockerfile torch": (check_torch_pin, _sub("dockerfile", r"(?<![\w.-])torch==[\w.+]+", "torch==2.15.0")),
     "Dockerfile torchvision": (check_torch_pin, _sub("dockerfile", r"torchvision==[\w.+]+", "torchvision==0.30.0")),
     "pyproject torch range": (check_torch_pin, _set_dep("torch", "torch>=2.1,<=2.13")),
@@ -372,8 +420,10 @@ DRIFTS: dict[str, tuple[Check, Callable[[Recipes], None]]] = {
     "Dockerfile USER": (check_dockerfile_shape, lambda r: setattr(r, "dockerfile", r.dockerfile + "USER root\n")),
     "Dockerfile CMD": (check_dockerfile_shape, _sub("dockerfile", r"^CMD .*$", 'CMD ["ddsweep", "run"]')),
     "cluster head CPU": (check_cluster_nodes, lambda r: _head(r)["resources"].update(CPU=8)),
-    "cluster head spot": (check_cluster_nodes,
-                          lambda r: _head(r)["node_config"].update(InstanceMarketOptions={"MarketType": "spot"})),
+    "cluster head spot": (
+        check_cluster_nodes,
+        lambda r: _head(r)["node_config"].update(InstanceMarketOptions={"MarketType": "spot"}),
+    ),
     "cluster workers on-demand": (check_cluster_nodes, _no_spot),
     "cluster head resource": (check_cluster_nodes, lambda r: _head(r)["resources"].pop("head")),
     "project version": (check_images, lambda r: r.pyproject["project"].update(version="0.2.0")),
@@ -381,10 +431,11 @@ DRIFTS: dict[str, tuple[Check, Callable[[Recipes], None]]] = {
     "cluster image": (check_images, lambda r: r.cluster["docker"].update(image="rayproject/ray:2.60.0-py311-gpu")),
     "README build tag": (check_images, _sub("readme", r"-t ddsweep:\S+", "-t ddsweep:latest", 1)),
     "rayjob worker mount": (check_shared_storage, lambda r: _worker(r)["containers"][0].pop("volumeMounts")),
-    "rayjob storage path": (check_shared_storage,
-                            _entrypoint("ddsweep run sweeps/smoke.yaml --storage /tmp/ddsweep")),
-    "rayjob head cpus": (check_shared_storage,
-                         lambda r: _job(r)["rayClusterSpec"]["headGroupSpec"].update(rayStartParams={"num-cpus": "4"})),
+    "rayjob storage path": (check_shared_storage, _entrypoint("ddsweep run sweeps/smoke.yaml --storage /tmp/ddsweep")),
+    "rayjob head cpus": (
+        check_shared_storage,
+        lambda r: _job(r)["rayClusterSpec"]["headGroupSpec"].update(rayStartParams={"num-cpus": "4"}),
+    ),
     "rayjob no gpu": (check_shared_storage, lambda r: _worker(r)["containers"][0].update(resources={})),
     "cluster bind mount": (check_shared_storage, lambda r: r.cluster["docker"].update(run_options=["--shm-size=16g"])),
 }
@@ -398,6 +449,6 @@ def test_drift_is_caught(recipes: Recipes, name: str) -> None:
     assert drifted != recipes, f"the drift {name!r} no longer changes anything; update it to the files"
     try:
         problems = check(drifted)
-    except (KeyError, IndexError, ValueError, TypeError, AssertionError) as err:   # a missing field counts
+    except (KeyError, IndexError, ValueError, TypeError, AssertionError) as err:  # a missing field counts
         problems = [f"{type(err).__name__}: {err}"]
     assert problems, f"{check.__name__} did not notice: {name}"

@@ -16,8 +16,9 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from workers.config import ArtifactKey
 
@@ -47,7 +48,7 @@ def fsync_dir(path: Path) -> None:
 
 
 _VERIFIED: dict[str, set[ArtifactKey]] = {}  # (root, local cache) -> keys checksummed by this process
-_CURRENT: dict[str, set[ArtifactKey]] = {}   # (root, local cache) -> keys whose local copy is the remote build
+_CURRENT: dict[str, set[ArtifactKey]] = {}  # (root, local cache) -> keys whose local copy is the remote build
 
 
 def clear_process_cache() -> None:
@@ -162,8 +163,12 @@ class ArtifactStore:
         if key in self._verified or self.verify(key):
             self._verified.add(key)
             return True
-        log.warning("artifact %s at %s fails its manifest checksums (truncated or corrupted); %s", key,
-                    self._local(key), "fetching it again" if not self.st.local else "rebuilding")
+        log.warning(
+            "artifact %s at %s fails its manifest checksums (truncated or corrupted); %s",
+            key,
+            self._local(key),
+            "fetching it again" if not self.st.local else "rebuilding",
+        )
         self._quarantine(key)
         if not self.st.local and self.exists(key):  # the remote copy was fine: the download is fresh
             self._verified.add(key)
@@ -182,10 +187,18 @@ class ArtifactStore:
             t0 = time.time()
             extra = fn(tmp) or {}
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            manifest = {"kind": key.kind, "digest": key.digest, "config": key.cfg, "files": files,
-                        "built_by": socket.gethostname(), "built_at": time.time(),
-                        "build_seconds": time.time() - t0, "build": uuid.uuid4().hex[:12],
-                        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), **extra}
+            manifest = {
+                "kind": key.kind,
+                "digest": key.digest,
+                "config": key.cfg,
+                "files": files,
+                "built_by": socket.gethostname(),
+                "built_at": time.time(),
+                "build_seconds": time.time() - t0,
+                "build": uuid.uuid4().hex[:12],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                **extra,
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             if not self.st.local:
                 self._upload(key, tmp, manifest)

@@ -8,8 +8,8 @@ batch is cut short so that images_seen is exact. `steps` mode runs exactly that 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from workers.config import BudgetConfig
 
@@ -24,8 +24,12 @@ class BudgetPlan:
     n_full: int
 
     def to_json(self) -> dict:
-        return {"images_seen": self.images_seen, "steps": self.steps, "subset_epochs": self.subset_epochs,
-                "full_epochs": self.full_epochs}
+        return {
+            "images_seen": self.images_seen,
+            "steps": self.steps,
+            "subset_epochs": self.subset_epochs,
+            "full_epochs": self.full_epochs,
+        }
 
 
 def target_images(budget: BudgetConfig, n_subset: int, n_full: int, batch: int) -> int:

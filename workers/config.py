@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 BUDGET_UNITS = ("epochs", "full_epochs", "steps")
 REGIMES = ("hl", "sl", "sl_kd")
@@ -32,7 +33,7 @@ class Named:
     options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def make(cls, name: str, options: Mapping[str, Any] | None = None) -> "Named":
+    def make(cls, name: str, options: Mapping[str, Any] | None = None) -> Named:
         return cls(name=name, options=_frozen_options(options))
 
     @property
@@ -122,7 +123,7 @@ class TeacherConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TeacherConfig":
+    def from_json(cls, d: Mapping[str, Any]) -> TeacherConfig:
         d = dict(d)
         arch = d.pop("arch")
         return cls(arch=Named.make(arch["name"], arch.get("options")), **d)
@@ -141,7 +142,7 @@ class TrialConfig:
     budget: BudgetConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig | None = None  # present only when the trial uses it (soft labels, teacher features)
-    scoring: TrainConfig | None = None    # recipe of the full-data score runs, when the selector reads them
+    scoring: TrainConfig | None = None  # recipe of the full-data score runs, when the selector reads them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,14 +182,17 @@ class TrialConfig:
 
         entry = SELECTORS[self.selector.name] if self.selector.name in SELECTORS else None
         sel = self.selector.name
-        changed = [(k, v) for k, v in self.selector.options
-                   if entry is None or k not in entry.options or entry.options[k].default != v]
+        changed = [
+            (k, v)
+            for k, v in self.selector.options
+            if entry is None or k not in entry.options or entry.options[k].default != v
+        ]
         if changed:
             sel += "-" + "-".join(f"{k}{v}" for k, v in changed)
         return f"{sel}-{self.regime}-ipc{self.ipc}-s{self.seed}"
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TrialConfig":
+    def from_json(cls, d: Mapping[str, Any]) -> TrialConfig:
         ds = d["dataset"]
         return cls(
             dataset=DatasetConfig(name=ds["name"], root=ds.get("root"), options=_frozen_options(ds.get("options"))),
@@ -212,7 +216,7 @@ class ArtifactKey:
     config_json: str
 
     @classmethod
-    def make(cls, kind: str, config: Mapping[str, Any]) -> "ArtifactKey":
+    def make(cls, kind: str, config: Mapping[str, Any]) -> ArtifactKey:
         return cls(kind=kind, config_json=canonical_json(dict(config)))
 
     @property

@@ -21,11 +21,14 @@ def _norm(kind: str, width: int) -> nn.Module:
     return nn.Identity()
 
 
-def convnet(num_classes: int, image_shape: tuple[int, int, int], depth: int = 3, width: int = 64,
-            norm: str = "instance") -> nn.Module:
+def convnet(
+    num_classes: int, image_shape: tuple[int, int, int], depth: int = 3, width: int = 64, norm: str = "instance"
+) -> nn.Module:
     channels, side, _ = image_shape
     if side >> depth < 1:
-        raise ValueError(f"convnet depth {depth} halves a {side}px image below 1px; use depth <= {side.bit_length() - 1}")
+        raise ValueError(
+            f"convnet depth {depth} halves a {side}px image below 1px; use depth <= {side.bit_length() - 1}"
+        )
     layers: list[nn.Module] = []
     c = channels
     for _ in range(depth):
@@ -51,8 +54,14 @@ def resnet18(num_classes: int, image_shape: tuple[int, int, int], small_input_st
 
 def mlp(num_classes: int, image_shape: tuple[int, int, int], width: int = 256) -> nn.Module:
     c, h, w = image_shape
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, width), nn.ReLU(inplace=True),
-                         nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c * h * w, width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, num_classes),
+    )
 
 
 def build(name: str, options: dict, num_classes: int, image_shape: tuple[int, int, int], seed: int) -> nn.Module:

@@ -19,7 +19,7 @@ spec warns about SGD + soft labels + t2_scale=false.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ class TeacherRegime(Regime):
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        return torch.cat([self.teacher(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        return torch.cat([self.teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 class FixedSoftLabels(TeacherRegime):
@@ -135,8 +135,10 @@ class KDViews:
     def params(self, epoch: int) -> dict[str, torch.Tensor]:
         if self._epoch != epoch:
             # float64 until the end: a float32 cast rounds u in [1 - 2^-25, 1) up to 1.0 (a box off the edge)
-            u = {k: torch.as_tensor(counter_uniform(self.seed, "kd_views", epoch, self.ids, i), dtype=torch.float64)
-                 for i, k in enumerate(self.STREAMS)}
+            u = {
+                k: torch.as_tensor(counter_uniform(self.seed, "kd_views", epoch, self.ids, i), dtype=torch.float64)
+                for i, k in enumerate(self.STREAMS)
+            }
             n = self.n
             area = self.min_scale + (1 - self.min_scale) * u["area"]
             log_r = (u["ratio"] * 2 - 1) * math.log(4 / 3)
@@ -154,8 +156,17 @@ class KDViews:
             bh = (cut * self.side).floor().long()
             by = (u["by"] * (self.side - bh + 1)).floor().long()
             bx = (u["bx"] * (self.side - bh + 1)).floor().long()
-            p = dict(w=w.float(), h=h.float(), cx=cx.float(), cy=cy.float(), flip=flip.float(), partner=partner,
-                     bh=bh, by=by, bx=bx)
+            p = dict(
+                w=w.float(),
+                h=h.float(),
+                cx=cx.float(),
+                cy=cy.float(),
+                flip=flip.float(),
+                partner=partner,
+                bh=bh,
+                by=by,
+                bx=bx,
+            )
             self._params = {k: v.to(self.device) for k, v in p.items()}
             self._epoch = epoch
         return self._params
@@ -190,8 +201,9 @@ class FreshSoftLabels(TeacherRegime):
     name = "sl_kd"
 
     def prepare(self, data, num_epochs: int) -> None:
-        self.views = KDViews(len(data.y), data.x.shape[-1], self.seed, self.cfg.kd_min_scale, data.x.device,
-                             ids=data.ids)
+        self.views = KDViews(
+            len(data.y), data.x.shape[-1], self.seed, self.cfg.kd_min_scale, data.x.device, ids=data.ids
+        )
         self.stored = None
         if self.cfg.kd_backend == "stored":
             self.stored = [self._store_epoch(data, e) for e in range(num_epochs)]
@@ -200,10 +212,16 @@ class FreshSoftLabels(TeacherRegime):
     def _store_epoch(self, data, epoch: int, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
         # Views in chunks, labels kept on the CPU: the store can be GBs (METHODS.md §9), the device is not.
         n = len(data.y)
-        logits = torch.cat([
-            self.teacher_logits(self.views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.x.device),
-                                                 epoch)).half().cpu()
-            for s in range(0, n, chunk)])
+        logits = torch.cat(
+            [
+                self.teacher_logits(
+                    self.views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.x.device), epoch)
+                )
+                .half()
+                .cpu()
+                for s in range(0, n, chunk)
+            ]
+        )
         k = self.cfg.kd_topk
         if k and k < logits.shape[1]:
             top = logits.topk(k, dim=1)

@@ -31,11 +31,15 @@ def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str,
     def dynamics(name: str) -> np.ndarray:
         return np.stack([np.load(store.path(k) / f"{name}.npy") for k in runs])
 
-    ctx = SelectContext(labels=splits.train_y, num_classes=splits.num_classes, ipc=cfg["ipc"],
-                        seed=cfg["seed"], selector=sel,
-                        features=(lambda: np.load(store.path(features[0]) / "features.npy").astype(np.float32))
-                        if features else None,
-                        dynamics=dynamics if runs else None)
+    ctx = SelectContext(
+        labels=splits.train_y,
+        num_classes=splits.num_classes,
+        ipc=cfg["ipc"],
+        seed=cfg["seed"],
+        selector=sel,
+        features=(lambda: np.load(store.path(features[0]) / "features.npy").astype(np.float32)) if features else None,
+        dynamics=dynamics if runs else None,
+    )
     if SELECTORS[sel.name].meta.get("distiller"):
         return _distill(key, store, out, splits, sel, inputs)
     idx = np.asarray(SELECTORS[sel.name].load()(ctx), dtype=np.int64)
@@ -48,8 +52,8 @@ def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str,
 def _distill(key: ArtifactKey, store: ArtifactStore, out: Path, splits, sel: Named, inputs) -> dict[str, Any]:
     """Synthetic training images: images.npy (uint8) + labels.npy, exactly IPC per class."""
     from workers.distillers import DistillContext
-    from workers.selectors.cad import cad_scores
     from workers.models import pick_device
+    from workers.selectors.cad import cad_scores
     from workers.teacher import load_teacher
 
     cfg = key.cfg
@@ -58,15 +62,25 @@ def _distill(key: ArtifactKey, store: ArtifactStore, out: Path, splits, sel: Nam
     runs = [k for k in inputs if k.kind == "dynamics"]
     x = splits.train_x.astype(np.float32) / 255.0
     ctx = DistillContext(
-        train_x=splits.train_x, train_y=splits.train_y, num_classes=splits.num_classes, ipc=cfg["ipc"],
-        seed=cfg["seed"], method=sel, mean=x.mean(axis=(0, 2, 3)), std=np.maximum(x.std(axis=(0, 2, 3)), 1e-3),
-        device=device, teacher=lambda: load_teacher(tkey, store, device),
-        cad_scores=(lambda: cad_scores(np.load(store.path(runs[0]) / "prob_true.npy"), sel.opts)) if runs else None)
+        train_x=splits.train_x,
+        train_y=splits.train_y,
+        num_classes=splits.num_classes,
+        ipc=cfg["ipc"],
+        seed=cfg["seed"],
+        method=sel,
+        mean=x.mean(axis=(0, 2, 3)),
+        std=np.maximum(x.std(axis=(0, 2, 3)), 1e-3),
+        device=device,
+        teacher=lambda: load_teacher(tkey, store, device),
+        cad_scores=(lambda: cad_scores(np.load(store.path(runs[0]) / "prob_true.npy"), sel.opts)) if runs else None,
+    )
     images, labels = SELECTORS[sel.name].load()(ctx)
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     if images.dtype != np.uint8 or images.shape[1:] != splits.train_x.shape[1:]:
-        raise AssertionError(f"distiller {sel.name} returned {images.dtype} {images.shape}, expected uint8 "
-                             f"(n, {', '.join(map(str, splits.train_x.shape[1:]))})")
+        raise AssertionError(
+            f"distiller {sel.name} returned {images.dtype} {images.shape}, expected uint8 "
+            f"(n, {', '.join(map(str, splits.train_x.shape[1:]))})"
+        )
     counts = np.bincount(labels, minlength=splits.num_classes)
     if len(images) != len(labels) or np.any(counts != cfg["ipc"]):
         raise AssertionError(f"distiller {sel.name} returned per-class counts {counts.tolist()}, expected {cfg['ipc']}")
@@ -111,7 +125,9 @@ def load_subset(key: ArtifactKey, store: ArtifactStore) -> np.ndarray:
     return np.load(store.path(key) / "indices.npy")
 
 
-def load_training_set(key: ArtifactKey, store: ArtifactStore, splits) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def load_training_set(
+    key: ArtifactKey, store: ArtifactStore, splits
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(images, labels, train indices or None for synthetic images) of a subset artifact."""
     folder = store.path(key)
     if (folder / "images.npy").exists():

@@ -55,8 +55,11 @@ class Storage:
         sel = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
         out = []
         for info in self.fs.get_file_info(sel):
-            if info.type == pafs.FileType.File and not info.base_name.startswith(".") \
-                    and info.base_name.endswith(suffix):
+            if (
+                info.type == pafs.FileType.File
+                and not info.base_name.startswith(".")
+                and info.base_name.endswith(suffix)
+            ):
                 out.append(info.base_name)
         return sorted(out)
 

@@ -16,15 +16,17 @@ from torch import nn
 
 from workers.artifacts import ArtifactStore
 from workers.config import ArtifactKey, BudgetConfig, TeacherConfig, TrainConfig
-from workers.registry import features_key, teacher_key  # noqa: F401 (re-exported)
 from workers.data import DataError
+from workers.registry import features_key, teacher_key  # noqa: F401 (re-exported)
 
 
 def full_train_tensors(splits, device):
     from workers.train import Tensors, channel_stats
 
     mean, std = channel_stats(splits.train_x, device)
-    return Tensors.of(splits.train_x, splits.train_y, mean, std), Tensors.of(splits.minival_x, splits.minival_y, mean, std)
+    return Tensors.of(splits.train_x, splits.train_y, mean, std), Tensors.of(
+        splits.minival_x, splits.minival_y, mean, std
+    )
 
 
 def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
@@ -43,15 +45,24 @@ def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str
     if tcfg.weights:
         load_weights(model, tcfg.weights, splits.num_classes)
     else:
-        recipe = TrainConfig(optimizer=tcfg.optimizer, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                             batch_size=tcfg.batch_size, augment=tcfg.augment, schedule="cosine", eval_points=1)
+        recipe = TrainConfig(
+            optimizer=tcfg.optimizer,
+            lr=tcfg.lr,
+            weight_decay=tcfg.weight_decay,
+            batch_size=tcfg.batch_size,
+            augment=tcfg.augment,
+            schedule="cosine",
+            eval_points=1,
+        )
         p = plan(BudgetConfig("epochs", tcfg.epochs), len(splits.train_y), len(splits.train_y), tcfg.batch_size)
         train(model, HardLabels(recipe, tcfg.seed), train_data, recipe, p, tcfg.seed, {}, Checkpointer(None))
     acc = evaluate(model, minival)["top1"]
     floor = tcfg.min_top1_factor / splits.num_classes
     if acc < floor:
-        raise DataError(f"teacher {tcfg.arch.name} reaches {acc:.3f} top-1 on minival, below the floor {floor:.3f} "
-                        f"({tcfg.min_top1_factor}x chance): check the weights file, its class order, or train longer")
+        raise DataError(
+            f"teacher {tcfg.arch.name} reaches {acc:.3f} top-1 on minival, below the floor {floor:.3f} "
+            f"({tcfg.min_top1_factor}x chance): check the weights file, its class order, or train longer"
+        )
     torch.save(model.state_dict(), out / "weights.pt")
     return {"class_names": list(splits.class_names), "minival_top1": acc}
 
@@ -63,8 +74,10 @@ def load_weights(model: nn.Module, path: str, num_classes: int) -> None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickled whole model, a corrupt file, ...: weights_only refuses them
-        raise DataError(f"teacher.weights: {path!r} is not a readable state_dict (torch.load with weights_only=True "
-                        f"failed: {str(err).splitlines()[0]}); save it with torch.save(model.state_dict(), path)") from None
+        raise DataError(
+            f"teacher.weights: {path!r} is not a readable state_dict (torch.load with weights_only=True "
+            f"failed: {str(err).splitlines()[0]}); save it with torch.save(model.state_dict(), path)"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -77,8 +90,9 @@ def load_weights(model: nn.Module, path: str, num_classes: int) -> None:
             why = f"its last layer has {linear[0]} outputs, the data set has {num_classes} classes"
         else:
             why = "its parameter names or shapes do not match the teacher's arch and options"
-        raise DataError(f"teacher.weights: {path!r} does not fit the teacher ({why}): "
-                        f"{str(err).splitlines()[0]}") from None
+        raise DataError(
+            f"teacher.weights: {path!r} does not fit the teacher ({why}): {str(err).splitlines()[0]}"
+        ) from None
 
 
 def load_teacher(key: ArtifactKey, store: ArtifactStore, device: str) -> nn.Module:
@@ -91,8 +105,10 @@ def load_teacher(key: ArtifactKey, store: ArtifactStore, device: str) -> nn.Modu
     splits = load_splits(cfg["dataset"])
     manifest = store.manifest(key) or {}
     if manifest.get("class_names") != list(splits.class_names):
-        raise DataError(f"teacher {key} was built for classes {manifest.get('class_names')}, "
-                        f"the data set has {list(splits.class_names)}")
+        raise DataError(
+            f"teacher {key} was built for classes {manifest.get('class_names')}, "
+            f"the data set has {list(splits.class_names)}"
+        )
     model = models.build(tcfg.arch.name, tcfg.arch.opts, splits.num_classes, splits.image_shape, tcfg.seed)
     model.load_state_dict(torch.load(store.path(key) / "weights.pt", map_location="cpu", weights_only=True))
     model = model.to(device).eval()

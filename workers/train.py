@@ -1,4 +1,7 @@
-"""Student training under a compute budget, then evaluation. Read it top to bottom: build, loop, checkpoint, evaluate."""
+"""Student training under a compute budget, then evaluation.
+
+Read it top to bottom: build, loop, checkpoint, evaluate.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,10 +41,15 @@ class Tensors:
         return (self.x[idx].float() / 255.0 - self.mean) / self.std
 
     @classmethod
-    def of(cls, x_uint8, y, mean: torch.Tensor, std: torch.Tensor, ids=None) -> "Tensors":
+    def of(cls, x_uint8, y, mean: torch.Tensor, std: torch.Tensor, ids=None) -> Tensors:
         """numpy uint8 images and int labels onto the device of `mean` (the train split's channel stats)."""
-        return cls(torch.as_tensor(np.ascontiguousarray(x_uint8)).to(mean.device), torch.as_tensor(y).to(mean.device),
-                   mean, std, None if ids is None else torch.as_tensor(np.asarray(ids, dtype=np.int64)))
+        return cls(
+            torch.as_tensor(np.ascontiguousarray(x_uint8)).to(mean.device),
+            torch.as_tensor(y).to(mean.device),
+            mean,
+            std,
+            None if ids is None else torch.as_tensor(np.asarray(ids, dtype=np.int64)),
+        )
 
 
 def channel_stats(x_uint8, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,18 +140,27 @@ class Checkpointer:
 
 
 # ------------------------------------------------------------------ the loop
-def train(model: nn.Module, regime: Regime, train_data: Tensors, cfg: TrainConfig,
-          plan: BudgetPlan, seed: int, evals: dict[str, Tensors], checkpointer: Checkpointer,
-          progress: Callable[[dict], None] | None = None,
-          on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> dict:
+def train(
+    model: nn.Module,
+    regime: Regime,
+    train_data: Tensors,
+    cfg: TrainConfig,
+    plan: BudgetPlan,
+    seed: int,
+    evals: dict[str, Tensors],
+    checkpointer: Checkpointer,
+    progress: Callable[[dict], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+) -> dict:
     """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations."""
     device = train_data.x.device
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, plan.steps))
     n = len(train_data.y)
     epochs = list(epoch_batches(n, cfg.batch_size, plan.images_seen))
-    eval_epochs = {min(len(epochs) - 1, math.ceil(len(epochs) * k / cfg.eval_points) - 1)
-                   for k in range(1, cfg.eval_points + 1)}
+    eval_epochs = {
+        min(len(epochs) - 1, math.ceil(len(epochs) * k / cfg.eval_points) - 1) for k in range(1, cfg.eval_points + 1)
+    }
     history: list[dict] = []
     start_epoch, images_seen, steps, train_seconds = 0, 0, 0, 0.0
 
@@ -165,7 +182,7 @@ def train(model: nn.Module, regime: Regime, train_data: Tensors, cfg: TrainConfi
         aug_gen = torch_generator(seed, "augment", epoch)
         pos = 0
         for size in sizes:
-            idx = order[pos:pos + size]
+            idx = order[pos : pos + size]
             pos += size
             loss = regime.loss(model, train_data, idx, epoch, aug_gen)
             opt.zero_grad(set_to_none=True)
@@ -184,10 +201,27 @@ def train(model: nn.Module, regime: Regime, train_data: Tensors, cfg: TrainConfi
             history.append(row)
             if progress:
                 progress(row)
-        checkpointer.maybe_save(lambda: {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "epoch": epoch + 1, "images_seen": images_seen, "steps": steps, "history": history,
-            "train_seconds": train_seconds}, force=False)
+        state = {
+            "epoch": epoch + 1,
+            "images_seen": images_seen,
+            "steps": steps,
+            "history": history,
+            "train_seconds": train_seconds,
+        }
+        checkpointer.maybe_save(
+            lambda state=state: {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                **state,
+            },
+            force=False,
+        )
     assert images_seen == plan.images_seen and steps == plan.steps, (images_seen, steps, plan)
-    return {"history": history, "images_seen": images_seen, "steps": steps, "train_seconds": train_seconds,
-            "resumed_from_epoch": resumed["epoch"] if resumed is not None else 0}
+    return {
+        "history": history,
+        "images_seen": images_seen,
+        "steps": steps,
+        "train_seconds": train_seconds,
+        "resumed_from_epoch": resumed["epoch"] if resumed is not None else 0,
+    }

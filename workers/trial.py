@@ -14,9 +14,10 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from workers.config import TrialConfig
 from workers.storage import child_uri
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class TrialContext:
     """Where a trial reads and writes: the shared artifact store and its own checkpoint folder."""
 
-    artifacts_root: str | Path                # a folder or an object-store URI
+    artifacts_root: str | Path  # a folder or an object-store URI
     checkpoint_dir: str | Path | None = None  # likewise
     report: Callable[[dict], None] | None = None
     device: str | None = None
@@ -64,13 +65,21 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     mean, std = channel_stats(splits.train_x, device)
 
     train_data = Tensors.of(sub_x, sub_y, mean, std, ids=sub_ids)
-    evals = {"test": Tensors.of(splits.test_x, splits.test_y, mean, std),
-             "minival": Tensors.of(splits.minival_x, splits.minival_y, mean, std)}
+    evals = {
+        "test": Tensors.of(splits.test_x, splits.test_y, mean, std),
+        "minival": Tensors.of(splits.minival_x, splits.minival_y, mean, std),
+    }
 
-    plan = budget_plan(config.budget, n_subset=config.ipc * splits.num_classes, n_full=len(splits.train_y),
-                       batch=config.train.batch_size, n_data=len(sub_y))
-    model = models.build(config.student.name, config.student.opts, splits.num_classes, splits.image_shape,
-                         config.seed).to(device)
+    plan = budget_plan(
+        config.budget,
+        n_subset=config.ipc * splits.num_classes,
+        n_full=len(splits.train_y),
+        batch=config.train.batch_size,
+        n_data=len(sub_y),
+    )
+    model = models.build(
+        config.student.name, config.student.opts, splits.num_classes, splits.image_shape, config.seed
+    ).to(device)
     teacher = None
     if config.teacher is not None:
         from workers.teacher import load_teacher
@@ -80,8 +89,17 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    result = train(model, regime, train_data, config.train, plan, config.seed, evals,
-                   Checkpointer(ctx.checkpoint_dir, ctx.checkpoint_interval_s), progress=ctx.report)
+    result = train(
+        model,
+        regime,
+        train_data,
+        config.train,
+        plan,
+        config.seed,
+        evals,
+        Checkpointer(ctx.checkpoint_dir, ctx.checkpoint_interval_s),
+        progress=ctx.report,
+    )
     final = result["history"][-1]
     return {
         "subset_key": skey.digest,
@@ -89,7 +107,9 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         "student_arch": config.student.name,
         "teacher_arch": config.teacher.arch.name if config.teacher else None,
         **plan.to_json(),
-        "top1": final["test_top1"], "top5": final["test_top5"], "loss": final["test_loss"],
+        "top1": final["test_top1"],
+        "top5": final["test_top5"],
+        "loss": final["test_loss"],
         "best_top1": max(h["test_top1"] for h in result["history"]),
         "minival_top1": final["minival_top1"],
         "select_seconds": select_seconds,
@@ -121,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrialConfig.from_json(json.loads(Path(args.trial_json).read_text()))
-    ctx = TrialContext(artifacts_root=child_uri(args.storage, "artifacts"), device=args.device,
-                       report=lambda row: log.info("progress %s", json.dumps(row)))
+    ctx = TrialContext(
+        artifacts_root=child_uri(args.storage, "artifacts"),
+        device=args.device,
+        report=lambda row: log.info("progress %s", json.dumps(row)),
+    )
     metrics = run_trial(cfg, ctx)
     metrics.pop("history")
     json.dump({"trial_id": cfg.trial_id, "trial_name": cfg.trial_name, **metrics}, sys.stdout, indent=1)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, REPO, write_sweep
+
 from orchestrator import results
 
 pytestmark = pytest.mark.slow
@@ -44,8 +44,9 @@ def cluster(ray_home, monkeypatch):
 
     monkeypatch.setenv("HOME", str(ray_home))
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1},
-                                                     "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": False}
+    )
     yield c
     c.shutdown()
 
@@ -56,8 +57,14 @@ def test_losing_a_worker_node_mid_trial_retries_from_its_checkpoint(tmp_path, cl
     sweep = write_sweep(tmp_path / "s.yaml", name="preempt", ipc=(10,), seeds=(0, 1, 2), epochs=500)
     store = tmp_path / "store"
     env = dict(cli_env, RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen([DDSWEEP, "run", str(sweep), "--address", cluster.address, "--checkpoint-interval", "0"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [DDSWEEP, "run", str(sweep), "--address", cluster.address, "--checkpoint-interval", "0"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         # Two trials hold checkpoints: one runs on the head, the other on node_b (one CPU each).
         wait_for(lambda: len(checkpoints(store, "preempt")) >= 2, 240, proc, "two running trials")
@@ -82,8 +89,15 @@ def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path,
     rng = random.Random(1234)  # the kill points are random but reproducible
     kills = 0
     for _ in range(4):
-        proc = subprocess.Popen([DDSWEEP, "run", str(sweep), "--checkpoint-interval", "0"], env=cli_env, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [DDSWEEP, "run", str(sweep), "--checkpoint-interval", "0"],
+            env=cli_env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         time.sleep(rng.uniform(4, 16))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -93,8 +107,9 @@ def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path,
         df = results.load(store, "chaos")
         assert df["trial_id"].is_unique and len(df) == len(before)
     assert kills >= 2
-    final = subprocess.run([DDSWEEP, "run", str(sweep)], env=cli_env, cwd=REPO, capture_output=True, text=True,
-                           timeout=600)
+    final = subprocess.run(
+        [DDSWEEP, "run", str(sweep)], env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert final.returncode == 0, final.stdout[-3000:]
     df = results.load(store, "chaos")
     from orchestrator.grid import expand

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, REPO, write_sweep
+
 from orchestrator import results
 from workers.config import TrialConfig
 
@@ -49,7 +49,9 @@ def test_smoke_sweep_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, cli_e
     assert (df.groupby(["selector", "ipc", "seed"])["subset_key"].nunique() == 1).all()
     assert df.loc[df["regime"] == "hl", "teacher_arch"].isna().sum() == 18  # random/el2n/cad hl: no teacher
     # every distiller trains under all three regimes
-    assert (df[df["selector"].isin(["rded", "ca2d", "sre2l", "cda"])].groupby("selector")["regime"].nunique() == 3).all()
+    assert (
+        df[df["selector"].isin(["rded", "ca2d", "sre2l", "cda"])].groupby("selector")["regime"].nunique() == 3
+    ).all()
     sl = df[df["regime"] == "sl"]
     assert (sl["soft_label_bytes"] == sl["ipc"] * 10 * 10 * 4).all()  # n x C float32, one label per image
     # the id follows from the stored config: a row says exactly what produced it
@@ -87,8 +89,15 @@ def test_adding_a_seed_runs_only_the_new_trials(tmp_path, cli_env):
 def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env):
     sweep = write_sweep(tmp_path / "s.yaml", ipc=(5, 10, 20), seeds=(0, 1, 2), epochs=150)
     store = tmp_path / "store"
-    proc = subprocess.Popen([DDSWEEP, "run", str(sweep)], env=cli_env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [DDSWEEP, "run", str(sweep)],
+        env=cli_env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not results.done_ids(store, "tiny"):
@@ -115,11 +124,13 @@ def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env)
 
 @pytest.mark.slow
 def test_importing_the_orchestrator_never_imports_torch():
-    code = ("import importlib, pkgutil, sys, orchestrator\n"
-            "for m in pkgutil.walk_packages(orchestrator.__path__, 'orchestrator.'):\n"
-            "    importlib.import_module(m.name)\n"
-            "import orchestrator.cli, workers.registry, workers.config\n"
-            "print('torch' in sys.modules)\n")
+    code = (
+        "import importlib, pkgutil, sys, orchestrator\n"
+        "for m in pkgutil.walk_packages(orchestrator.__path__, 'orchestrator.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "import orchestrator.cli, workers.registry, workers.config\n"
+        "print('torch' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -128,8 +139,14 @@ def test_importing_the_orchestrator_never_imports_torch():
 def test_a_failing_stage_fails_only_the_trials_that_need_it(tmp_path, cli_env):
     weights = tmp_path / "broken.pt"
     weights.write_bytes(b"not a state dict")  # exists, so validation passes; the teacher stage fails
-    sweep = write_sweep(tmp_path / "s.yaml", name="stagefail", ipc=(2,), seeds=(0,), epochs=5,
-                        extra=f"teacher: {{arch: convnet, depth: 2, width: 16, weights: {weights}}}\n")
+    sweep = write_sweep(
+        tmp_path / "s.yaml",
+        name="stagefail",
+        ipc=(2,),
+        seeds=(0,),
+        epochs=5,
+        extra=f"teacher: {{arch: convnet, depth: 2, width: 16, weights: {weights}}}\n",
+    )
     text = sweep.read_text().replace("selector: [random]", "selector: [random, herding]")
     sweep.write_text(text)
     out = run_cli(["run", str(sweep)], cli_env)

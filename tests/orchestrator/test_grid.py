@@ -26,10 +26,15 @@ def tmpsel():
     """A temporary selector with options, removed afterwards (only `random`, option-less, exists today)."""
     name = "tmpsel"
     assert name not in SELECTORS
-    SELECTORS.declare(name, "test-only selector with options", "workers.selectors.random:select", {
-        "offset": Option(0.5, float, "window start as a score quantile", min=0.0, max=1.0),
-        "mode": Option("easy", str, "which end of the ranking", choices=("easy", "hard")),
-    })
+    SELECTORS.declare(
+        name,
+        "test-only selector with options",
+        "workers.selectors.random:select",
+        {
+            "offset": Option(0.5, float, "window start as a score quantile", min=0.0, max=1.0),
+            "mode": Option("easy", str, "which end of the ranking", choices=("easy", "hard")),
+        },
+    )
     yield name
     SELECTORS._entries.pop(name)
 
@@ -41,8 +46,15 @@ def sl_regime():
     return "sl"
 
 
-def sweep(*, selector: str = "[random]", regime: str = "[hl]", ipc: str = "[1, 2]", seed: str = "[0, 1]",
-          train: str = "{optimizer: adamw, lr: 0.01, batch_size: 32}", extra: str = "") -> str:
+def sweep(
+    *,
+    selector: str = "[random]",
+    regime: str = "[hl]",
+    ipc: str = "[1, 2]",
+    seed: str = "[0, 1]",
+    train: str = "{optimizer: adamw, lr: 0.01, batch_size: 32}",
+    extra: str = "",
+) -> str:
     return f"""\
 name: unit-grid
 storage: ./ddsweep-runs
@@ -80,13 +92,22 @@ def test_smoke_ids_are_16_hex_and_unique():
 
 def test_ids_identical_across_processes():
     here = [t.trial_id for t in expand(load_spec(SMOKE))]
-    code = ("import json, sys; from orchestrator.spec import load_spec; from orchestrator.grid import expand; "
-            "print(json.dumps([t.trial_id for t in expand(load_spec(sys.argv[1]))]))")
+    code = (
+        "import json, sys; from orchestrator.spec import load_spec; from orchestrator.grid import expand; "
+        "print(json.dumps([t.trial_id for t in expand(load_spec(sys.argv[1]))]))"
+    )
     seen = []
     for hash_seed in ("1", "4242"):  # different str hashing: set/dict iteration order must not leak into ids
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(REPO))
-        proc = subprocess.run([sys.executable, "-c", code, str(SMOKE)], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=120, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(SMOKE)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         seen.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert seen[0] == seen[1] == here
 
@@ -128,8 +149,9 @@ name: unit-grid
 def test_ids_independent_of_spelled_out_defaults_and_number_spelling():
     plain = sweep()
     explicit = sweep(train="{optimizer: adamw, lr: 0.01, batch_size: 32, schedule: step, momentum: 0.9}")
-    explicit = explicit.replace("{arch: convnet, depth: 2, width: 16}",
-                                "{arch: convnet, depth: 2, width: 16, norm: instance}")
+    explicit = explicit.replace(
+        "{arch: convnet, depth: 2, width: 16}", "{arch: convnet, depth: 2, width: 16, norm: instance}"
+    )
     explicit = explicit.replace("{name: digits}", "{name: digits, image_size: 8, test_fraction: 0.2}")
     explicit = explicit.replace("{epochs: 5}", "{epochs: 5.0}")
     assert explicit != plain
@@ -138,10 +160,12 @@ def test_ids_independent_of_spelled_out_defaults_and_number_spelling():
 
 def test_fixed_setting_changes_every_id():
     base = ids(sweep())
-    for changed in (sweep(train="{optimizer: adamw, lr: 0.02, batch_size: 32}"),
-                    sweep().replace("{epochs: 5}", "{epochs: 6}"),
-                    sweep().replace("width: 16", "width: 24"),
-                    sweep().replace("{name: digits}", "{name: digits, image_size: 16}")):
+    for changed in (
+        sweep(train="{optimizer: adamw, lr: 0.02, batch_size: 32}"),
+        sweep().replace("{epochs: 5}", "{epochs: 6}"),
+        sweep().replace("width: 16", "width: 24"),
+        sweep().replace("{name: digits}", "{name: digits, image_size: 16}"),
+    ):
         other = ids(changed)
         assert len(other) == len(base)
         assert not set(other) & set(base)
@@ -169,8 +193,12 @@ def test_ids_cover_only_the_label_fields_the_regime_reads():
 
 def test_ids_ignore_name_storage_and_resources():
     """Only what a trial computes enters its id: resources, the storage root and the sweep name do not."""
-    moved = (sweep().replace("name: unit-grid", "name: renamed").replace("./ddsweep-runs", "/elsewhere")
-             .replace("{cpus_per_trial: 1}", "{cpus_per_trial: 4, max_concurrent: 2}"))
+    moved = (
+        sweep()
+        .replace("name: unit-grid", "name: renamed")
+        .replace("./ddsweep-runs", "/elsewhere")
+        .replace("{cpus_per_trial: 1}", "{cpus_per_trial: 4, max_concurrent: 2}")
+    )
     assert ids(moved) == ids(sweep())
 
 
@@ -197,8 +225,11 @@ def test_exclude_removes_exactly_the_matching_trials(tmpsel, sl_regime):
     grid = dict(selector=f"[random, {tmpsel}]", regime=f"[hl, {sl_regime}]", ipc="[1, 2]", seed="[0, 1]")
     full = expand(parse_spec(sweep(**grid)))
     assert len(full) == 16
-    kept = expand(parse_spec(sweep(**grid, extra=f"exclude: [{{regime: {sl_regime}, ipc: 2}}, "
-                                                 f"{{selector: {tmpsel}, seed: 1}}]\n")))
+    kept = expand(
+        parse_spec(
+            sweep(**grid, extra=f"exclude: [{{regime: {sl_regime}, ipc: 2}}, {{selector: {tmpsel}, seed: 1}}]\n")
+        )
+    )
 
     def excluded(t) -> bool:
         return (t.regime == sl_regime and t.ipc == 2) or (t.selector.name == tmpsel and t.seed == 1)
@@ -219,8 +250,12 @@ def test_exclude_by_selector_label(tmpsel):
 
 
 def test_grid_size_is_product_minus_excluded(sl_regime):
-    text = sweep(regime=f"[hl, {sl_regime}]", ipc="[1, 2, 5]", seed="[0, 1, 2]",
-                 extra="exclude: [{ipc: 5, seed: 2}, {regime: hl, ipc: 1, seed: 0}]\n")
+    text = sweep(
+        regime=f"[hl, {sl_regime}]",
+        ipc="[1, 2, 5]",
+        seed="[0, 1, 2]",
+        extra="exclude: [{ipc: 5, seed: 2}, {regime: hl, ipc: 1, seed: 0}]\n",
+    )
     spec = parse_spec(text)
     product = len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds)
     assert product == 18
@@ -231,8 +266,11 @@ def test_grid_size_is_product_minus_excluded(sl_regime):
 
 
 def test_selector_options_give_different_ids_and_names(tmpsel):
-    trials = expand(parse_spec(sweep(selector=f"[{{name: {tmpsel}, offset: 0.8}}, {{name: {tmpsel}, offset: 0.2}}]",
-                                     ipc="[1]", seed="[0]")))
+    trials = expand(
+        parse_spec(
+            sweep(selector=f"[{{name: {tmpsel}, offset: 0.8}}, {{name: {tmpsel}, offset: 0.2}}]", ipc="[1]", seed="[0]")
+        )
+    )
     assert len(trials) == 2
     high, low = trials
     assert high.selector.opts == {"offset": 0.8, "mode": "easy"}
@@ -254,8 +292,10 @@ def test_selector_option_defaults_and_int_spelling(tmpsel):
 
 
 def test_grid_entry_overrides_selector_defaults(tmpsel):
-    text = sweep(selector=f"[{tmpsel}, {{name: {tmpsel}, offset: 0.3}}]",
-                 extra=f"selectors: {{{tmpsel}: {{offset: 0.9, mode: hard}}}}\n")
+    text = sweep(
+        selector=f"[{tmpsel}, {{name: {tmpsel}, offset: 0.3}}]",
+        extra=f"selectors: {{{tmpsel}: {{offset: 0.9, mode: hard}}}}\n",
+    )
     spec = parse_spec(text)
     assert [s.opts for s in spec.selectors] == [{"offset": 0.9, "mode": "hard"}, {"offset": 0.3, "mode": "hard"}]
 
@@ -264,13 +304,18 @@ def test_bad_selector_option_is_a_spec_error(tmpsel):
     from orchestrator.spec import SpecError
 
     with pytest.raises(SpecError) as info:
-        parse_spec(sweep(selector=f"[{{name: {tmpsel}, offset: 1.5}}, {{name: {tmpsel}, offset: [1]}}, "
-                                  f"{{name: {tmpsel}, mode: medium}}]"))
+        parse_spec(
+            sweep(
+                selector=f"[{{name: {tmpsel}, offset: 1.5}}, {{name: {tmpsel}, offset: [1]}}, "
+                f"{{name: {tmpsel}, mode: medium}}]"
+            )
+        )
     problems = info.value.problems
     assert any(p.startswith("grid.selector[0].offset: 1.5 is above the maximum 1.0") for p in problems)
     assert any(p.startswith("grid.selector[1].offset: [1] is not float") for p in problems)
-    assert any(p.startswith("grid.selector[2].mode: 'medium' is not allowed; choose one of easy, hard")
-               for p in problems)
+    assert any(
+        p.startswith("grid.selector[2].mode: 'medium' is not allowed; choose one of easy, hard") for p in problems
+    )
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -315,15 +360,20 @@ def test_teacher_enters_only_the_ids_of_trials_that_use_it(sl_regime):
 
 def test_subset_key_tracks_what_selects_the_images(tmpsel):
     t = next(t for t in expand(load_spec(SMOKE)) if t.selector.name == "random")
-    others = [dataclasses.replace(t, ipc=t.ipc + 1), dataclasses.replace(t, seed=t.seed + 1),
-              dataclasses.replace(t, selector=dataclasses.replace(t.selector, name=tmpsel)),
-              dataclasses.replace(t, dataset=dataclasses.replace(t.dataset, options=(("image_size", 16),)))]
+    others = [
+        dataclasses.replace(t, ipc=t.ipc + 1),
+        dataclasses.replace(t, seed=t.seed + 1),
+        dataclasses.replace(t, selector=dataclasses.replace(t.selector, name=tmpsel)),
+        dataclasses.replace(t, dataset=dataclasses.replace(t.dataset, options=(("image_size", 16),))),
+    ]
     keys = {subset_key(x) for x in [t, *others]}
     assert len(keys) == 5
     # ...and ignores what only trains the student
-    same = [dataclasses.replace(t, train=dataclasses.replace(t.train, lr=0.5)),
-            dataclasses.replace(t, budget=dataclasses.replace(t.budget, value=1.0)),
-            dataclasses.replace(t, regime="sl_kd")]
+    same = [
+        dataclasses.replace(t, train=dataclasses.replace(t.train, lr=0.5)),
+        dataclasses.replace(t, budget=dataclasses.replace(t.budget, value=1.0)),
+        dataclasses.replace(t, regime="sl_kd"),
+    ]
     assert {subset_key(x) for x in same} == {subset_key(t)}
 
 

@@ -25,8 +25,9 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(p.stdout)
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "driver.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead,
-                                                      "heartbeat": time.time()}))
+    (tmp_path / "s" / "driver.lock").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": dead, "heartbeat": time.time()})
+    )
     with DriverLock(tmp_path, "s"):
         assert json.loads((tmp_path / "s" / "driver.lock").read_text())["pid"] == os.getpid()
 
@@ -36,7 +37,9 @@ def test_lock_from_another_host_is_stale_only_without_heartbeat(tmp_path):
     (tmp_path / "s" / "driver.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time()}))
     with pytest.raises(SweepLocked, match="host elsewhere"):
         DriverLock(tmp_path, "s").acquire()
-    (tmp_path / "s" / "driver.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 999}))
+    (tmp_path / "s" / "driver.lock").write_text(
+        json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 999})
+    )
     with DriverLock(tmp_path, "s", stale_s=120):
         pass
 
@@ -100,13 +103,18 @@ except SweepLocked:
 @pytest.mark.slow
 def test_contenders_for_a_stale_lock_end_with_exactly_one_holder(tmp_path):
     p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    for attempt in range(3):
+    for _attempt in range(3):
         (tmp_path / "s").mkdir(exist_ok=True)
-        (tmp_path / "s" / "driver.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(p.stdout),
-                                                                "nonce": "dead"}))
+        (tmp_path / "s" / "driver.lock").write_text(
+            json.dumps({"host": socket.gethostname(), "pid": int(p.stdout), "nonce": "dead"})
+        )
         start = time.time() + 3.0
-        procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), str(start)],
-                                  stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CONTENDER, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
         outs = sorted(pr.communicate(timeout=60)[0].strip() for pr in procs)
         assert outs.count("HELD") == 1 and outs.count("LOST") == 0, outs
         assert not (tmp_path / "s" / "driver.lock").exists()

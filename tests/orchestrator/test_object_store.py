@@ -14,8 +14,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import BIN, REPO, write_sweep
+
 from orchestrator import results
 
 pytestmark = pytest.mark.slow
@@ -31,8 +31,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_uri(tmp_path_factory):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -45,8 +48,9 @@ def s3_uri(tmp_path_factory):
     os.environ.update(CREDS)
     import pyarrow.fs as pafs
 
-    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                           allow_bucket_creation=True)
+    fs = pafs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
     fs.create_dir("ddsweep-test")
     yield f"s3://ddsweep-test/runs?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     proc.terminate()
@@ -121,17 +125,35 @@ def test_artifacts_upload_download_race_and_corruption(s3_uri, tmp_path, monkeyp
 def test_a_sweep_runs_and_resumes_on_the_object_store(s3_uri, tmp_path, cli_env):
     sweep = write_sweep(tmp_path / "s.yaml", name="s3sweep", ipc=(2, 5), seeds=(0,), epochs=10)
     env = dict(cli_env, **CREDS, DDSWEEP_ARTIFACT_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run([str(BIN / "ddsweep"), "run", str(sweep), "--storage", s3_uri], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(BIN / "ddsweep"), "run", str(sweep), "--storage", s3_uri],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     df = results.load(s3_uri, "s3sweep")
     assert len(df) == 2 and set(df["ipc"]) == {2, 5}
     assert not (tmp_path / "store").exists()  # nothing went to the file's local storage
-    again = subprocess.run([str(BIN / "ddsweep"), "run", str(sweep), "--storage", s3_uri], env=env, cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [str(BIN / "ddsweep"), "run", str(sweep), "--storage", s3_uri],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "nothing to run" in again.stdout
-    status = subprocess.run([str(BIN / "ddsweep"), "status", str(sweep), "--storage", s3_uri], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [str(BIN / "ddsweep"), "status", str(sweep), "--storage", s3_uri],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "2 done" in status.stdout
     from workers.storage import Storage
 

@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, REPO, write_sweep
+
 from orchestrator import results
 
 pytestmark = pytest.mark.slow
@@ -44,23 +44,52 @@ class NsCluster:
         subprocess.run(["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"], check=True)
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "HOME": str(self.home), "PATH": f"{BIN}:{os.environ['PATH']}",
-                "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        return {
+            **os.environ,
+            "HOME": str(self.home),
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
 
     def run(self, *args, check=True, timeout=180) -> subprocess.CompletedProcess:
-        out = subprocess.run(["ip", "netns", "exec", self.name, *args], env=self.env(), capture_output=True,
-                             text=True, timeout=timeout, cwd=REPO)
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.name, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
         if check and out.returncode != 0:
             raise AssertionError(f"{args} failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
         return out
 
     def start(self) -> None:
         ray = str(BIN / "ray")
-        self.run(ray, "start", "--head", "--port=26379", "--num-cpus=1", "--resources={\"node_a\": 1}",
-                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--dashboard-port=28265",
-                 f"--temp-dir={self.tmp / 'a'}", "--disable-usage-stats")
-        self.run(ray, "start", "--address=127.0.0.1:26379", "--num-cpus=1", "--resources={\"node_b\": 1}",
-                 f"--temp-dir={self.tmp / 'b'}", "--dashboard-agent-listen-port=52366", "--disable-usage-stats")
+        self.run(
+            ray,
+            "start",
+            "--head",
+            "--port=26379",
+            "--num-cpus=1",
+            '--resources={"node_a": 1}',
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            "--dashboard-port=28265",
+            f"--temp-dir={self.tmp / 'a'}",
+            "--disable-usage-stats",
+        )
+        self.run(
+            ray,
+            "start",
+            "--address=127.0.0.1:26379",
+            "--num-cpus=1",
+            '--resources={"node_b": 1}',
+            f"--temp-dir={self.tmp / 'b'}",
+            "--dashboard-agent-listen-port=52366",
+            "--disable-usage-stats",
+        )
 
     def pids(self) -> list[int]:
         out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
@@ -95,17 +124,40 @@ def ns_cluster(tmp_path, ray_home):
 
 def submit(c: NsCluster, sweep, store, job_id: str, *extra: str):
     env_file = c.tmp / f"{job_id}.yaml"
-    env_file.write_text(json.dumps({
-        "working_dir": str(REPO), "excludes": [".venv", ".git", "ddsweep-runs", "*.egg-info"],
-        "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "60"}}))
-    return c.run(str(BIN / "ray"), "job", "submit", "--address", DASH, "--submission-id", job_id,
-                 "--runtime-env", str(env_file), "--no-wait", "--",
-                 "ddsweep", "run", str(sweep), "--storage", str(store), *extra)
+    env_file.write_text(
+        json.dumps(
+            {
+                "working_dir": str(REPO),
+                "excludes": [".venv", ".git", "ddsweep-runs", "*.egg-info"],
+                "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "60"},
+            }
+        )
+    )
+    return c.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        DASH,
+        "--submission-id",
+        job_id,
+        "--runtime-env",
+        str(env_file),
+        "--no-wait",
+        "--",
+        "ddsweep",
+        "run",
+        str(sweep),
+        "--storage",
+        str(store),
+        *extra,
+    )
 
 
 def job_status(c: NsCluster, job_id: str) -> str:
-    code = ("from ray.job_submission import JobSubmissionClient as C; "
-            f"print(C({DASH!r}).get_job_status({job_id!r}).value)")
+    code = (
+        f"from ray.job_submission import JobSubmissionClient as C; print(C({DASH!r}).get_job_status({job_id!r}).value)"
+    )
     out = c.run(str(BIN / "python"), "-c", code, check=False)
     return out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else "UNKNOWN"
 
@@ -117,8 +169,10 @@ def wait_job(c, job_id, states, timeout) -> str:
         if s in states:
             return s
         time.sleep(1)
-    raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job_status(c, job_id)}; logs: "
-                         + c.run(str(BIN / "ray"), "job", "logs", "--address", DASH, job_id, check=False).stdout[-3000:])
+    raise AssertionError(
+        f"job {job_id} not in {states} after {timeout}s: {job_status(c, job_id)}; logs: "
+        + c.run(str(BIN / "ray"), "job", "logs", "--address", DASH, job_id, check=False).stdout[-3000:]
+    )
 
 
 def test_job_submit_stop_kill_and_resubmit(tmp_path, ns_cluster):
@@ -165,10 +219,28 @@ def test_the_readme_command_runs_the_smoke_sweep_as_a_job(tmp_path, ns_cluster):
     store = tmp_path / "store"
     # README's line, word for word but for the address and storage; no `excludes`: Ray's working_dir
     # upload skips what .gitignore lists (the 6 GB .venv of a `make demo` checkout among them).
-    c.run(str(BIN / "ray"), "job", "submit", "--address", DASH, "--submission-id", "ddsweep-smoke", "--no-wait",
-          "--working-dir", ".", "--runtime-env-json",
-          '{"env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "120"}}',
-          "--", "ddsweep", "run", "sweeps/smoke.yaml", "--storage", str(store), "--address", "auto")
+    c.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        DASH,
+        "--submission-id",
+        "ddsweep-smoke",
+        "--no-wait",
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        '{"env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "120"}}',
+        "--",
+        "ddsweep",
+        "run",
+        "sweeps/smoke.yaml",
+        "--storage",
+        str(store),
+        "--address",
+        "auto",
+    )
     assert wait_job(c, "ddsweep-smoke", {"SUCCEEDED", "FAILED", "STOPPED"}, 800) == "SUCCEEDED"
     logs = c.run(str(BIN / "ray"), "job", "logs", "--address", DASH, "ddsweep-smoke").stdout
     assert "[ddsweep] done 144/144" in logs and "finished: 144/144 trials have a row" in logs

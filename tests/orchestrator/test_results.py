@@ -12,8 +12,18 @@ from orchestrator import results
 
 def row(trial_id="abc", top1=0.5, minutes=0):
     t = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)
-    return {"sweep": "s", "trial_id": trial_id, "trial_name": "random-hl-ipc1-s0", "selector": "random",
-            "regime": "hl", "ipc": 1, "seed": 0, "top1": top1, "started_at": t, "finished_at": t}
+    return {
+        "sweep": "s",
+        "trial_id": trial_id,
+        "trial_name": "random-hl-ipc1-s0",
+        "selector": "random",
+        "regime": "hl",
+        "ipc": 1,
+        "seed": 0,
+        "top1": top1,
+        "started_at": t,
+        "finished_at": t,
+    }
 
 
 def test_write_then_load_round_trips_with_full_schema(tmp_path):
@@ -88,8 +98,10 @@ def test_status_counts_a_retryable_failure_as_started_and_a_final_one_as_failed(
     from orchestrator.spec import parse_spec
 
     sweep = tmp_path / "s.yaml"
-    sweep.write_text(f"name: st\nstorage: {tmp_path}\ndataset: {{name: digits}}\nstudent: {{arch: mlp}}\nbudget: {{epochs: 1}}\n"
-                     "grid: {selector: [random], regime: [hl], ipc: [1], seed: [0, 1]}\n")
+    sweep.write_text(
+        f"name: st\nstorage: {tmp_path}\ndataset: {{name: digits}}\nstudent: {{arch: mlp}}\nbudget: {{epochs: 1}}\n"
+        "grid: {selector: [random], regime: [hl], ipc: [1], seed: [0, 1]}\n"
+    )
     a, b = expand(parse_spec(sweep.read_text()))
     (tmp_path / "st" / "checkpoints" / a.trial_id).mkdir(parents=True)
     results.record_failure(tmp_path, "st", a.trial_id, a.trial_name, 1, "RuntimeError: node lost", "tb", final=False)

@@ -47,50 +47,104 @@ def problems_of(text: str) -> list[str]:
 # (id, yaml text, the exact start of one problem: its YAML path and ':', substrings that problem must contain)
 CASES = [
     ("yaml-syntax", sub("ipc: [1, 2]", "ipc: [1, 2"), "(yaml) line ", ["line", "column"]),
-    ("yaml-tab", sub("train: {optimizer: adamw, lr: 0.01, batch_size: 32}", "train:\n\tlr: 0.01"),
-     "(yaml) line 12, column 1:", ["'\\t'"]),
-    ("duplicate-key", sub("budget: {epochs: 5}", "budget: {epochs: 5, epochs: 6}"), "(yaml) line 5,",
-     ["'epochs' appears twice"]),
+    (
+        "yaml-tab",
+        sub("train: {optimizer: adamw, lr: 0.01, batch_size: 32}", "train:\n\tlr: 0.01"),
+        "(yaml) line 12, column 1:",
+        ["'\\t'"],
+    ),
+    (
+        "duplicate-key",
+        sub("budget: {epochs: 5}", "budget: {epochs: 5, epochs: 6}"),
+        "(yaml) line 5,",
+        ["'epochs' appears twice"],
+    ),
     ("duplicate-top-key", BASE + "name: again\n", "(yaml) line 13,", ["'name' appears twice"]),
-    ("unhashable-key", sub("train: {optimizer", "train: {[a, b]: 1, optimizer"), "(yaml) line 11,",
-     ["unhashable key"]),
-    ("top-not-mapping", "- name: unit-spec\n- grid: {}\n", "(top level): expected a mapping at the top of the file",
-     ["a list"]),
+    ("unhashable-key", sub("train: {optimizer", "train: {[a, b]: 1, optimizer"), "(yaml) line 11,", ["unhashable key"]),
+    (
+        "top-not-mapping",
+        "- name: unit-spec\n- grid: {}\n",
+        "(top level): expected a mapping at the top of the file",
+        ["a list"],
+    ),
     ("top-empty", "", "(top level): expected a mapping at the top of the file", ["empty"]),
     ("unknown-top-key", sub("grid:", "gird:"), "gird:", ["unknown key", "did you mean 'grid'", "allowed:"]),
     ("missing-budget", sub("budget: {epochs: 5}\n", ""), "budget:", ["is required"]),
     ("missing-dataset-name", sub("{name: digits}", "{image_size: 8}"), "dataset.name:", ["is required"]),
-    ("bad-name-charset", sub("name: unit-spec", "name: 'my sweep!'"), "name:",
-     ["'my sweep!'", "A-Z a-z 0-9 . _ -"]),
+    ("bad-name-charset", sub("name: unit-spec", "name: 'my sweep!'"), "name:", ["'my sweep!'", "A-Z a-z 0-9 . _ -"]),
     ("name-not-string", sub("name: unit-spec", "name: [a]"), "name:", ["['a']", "not a valid sweep name"]),
-    ("object-store-scheme", sub("storage: ./ddsweep-runs", "storage: foo://bucket/runs"), "storage:",
-     ["'foo://bucket/runs'", "not a usable storage URI", "s3://bucket/prefix"]),
-    ("unknown-dataset", sub("{name: digits}", "{name: cifar10}"), "dataset.name:",
-     ["'cifar10'", "not a known dataset", "choose one of digits"]),
+    (
+        "object-store-scheme",
+        sub("storage: ./ddsweep-runs", "storage: foo://bucket/runs"),
+        "storage:",
+        ["'foo://bucket/runs'", "not a usable storage URI", "s3://bucket/prefix"],
+    ),
+    (
+        "unknown-dataset",
+        sub("{name: digits}", "{name: cifar10}"),
+        "dataset.name:",
+        ["'cifar10'", "not a known dataset", "choose one of digits"],
+    ),
     ("dataset-name-list", sub("{name: digits}", "{name: [digits]}"), "dataset.name:", ["['digits']", "digits"]),
-    ("bad-dataset-option", sub("{name: digits}", "{name: digits, image_size: 12}"), "dataset.image_size:",
-     ["12", "choose one of 8, 16, 32"]),
-    ("dataset-option-range", sub("{name: digits}", "{name: digits, test_fraction: 0.9}"), "dataset.test_fraction:",
-     ["0.9", "maximum 0.5"]),
-    ("unknown-dataset-option", sub("{name: digits}", "{name: digits, imagesize: 16}"), "dataset.imagesize:",
-     ["'imagesize'", "did you mean 'image_size'"]),
+    (
+        "bad-dataset-option",
+        sub("{name: digits}", "{name: digits, image_size: 12}"),
+        "dataset.image_size:",
+        ["12", "choose one of 8, 16, 32"],
+    ),
+    (
+        "dataset-option-range",
+        sub("{name: digits}", "{name: digits, test_fraction: 0.9}"),
+        "dataset.test_fraction:",
+        ["0.9", "maximum 0.5"],
+    ),
+    (
+        "unknown-dataset-option",
+        sub("{name: digits}", "{name: digits, imagesize: 16}"),
+        "dataset.imagesize:",
+        ["'imagesize'", "did you mean 'image_size'"],
+    ),
     ("dataset-root-not-path", sub("{name: digits}", "{name: digits, root: 5}"), "dataset.root:", ["5", "path"]),
-    ("student-not-mapping", sub("{arch: convnet, depth: 3, width: 16}", "convnet"), "student:",
-     ["expected a mapping", "'convnet'"]),
-    ("unknown-arch", sub("arch: convnet", "arch: vgg11"), "student.arch:",
-     ["'vgg11'", "not a known arch", "convnet, resnet18, mlp"]),
-    ("bad-arch-choice", sub("width: 16}", "width: 16, norm: layer}"), "student.norm:",
-     ["'layer'", "instance, batch, none"]),
+    (
+        "student-not-mapping",
+        sub("{arch: convnet, depth: 3, width: 16}", "convnet"),
+        "student:",
+        ["expected a mapping", "'convnet'"],
+    ),
+    (
+        "unknown-arch",
+        sub("arch: convnet", "arch: vgg11"),
+        "student.arch:",
+        ["'vgg11'", "not a known arch", "convnet, resnet18, mlp"],
+    ),
+    (
+        "bad-arch-choice",
+        sub("width: 16}", "width: 16, norm: layer}"),
+        "student.norm:",
+        ["'layer'", "instance, batch, none"],
+    ),
     ("arch-option-type", sub("depth: 3", "depth: deep"), "student.depth:", ["'deep'", "not int"]),
     ("arch-option-float", sub("depth: 3", "depth: 2.5"), "student.depth:", ["2.5", "not int"]),
     ("arch-option-max", sub("depth: 3", "depth: 9"), "student.depth:", ["9", "maximum 6"]),
-    ("unknown-arch-option", sub("{arch: convnet, depth: 3, width: 16}", "{arch: mlp, depth: 2}"), "student.depth:",
-     ["'mlp' has no option 'depth'", "its options: width"]),
+    (
+        "unknown-arch-option",
+        sub("{arch: convnet, depth: 3, width: 16}", "{arch: mlp, depth: 2}"),
+        "student.depth:",
+        ["'mlp' has no option 'depth'", "its options: width"],
+    ),
     ("convnet-too-deep", sub("depth: 3", "depth: 4"), "student.depth:", ["4", "8px", "use depth <= 3"]),
-    ("teacher-convnet-too-deep", BASE + "teacher: {arch: convnet, depth: 5, epochs: 3}\n", "teacher.depth:",
-     ["5", "8px", "use depth <= 3"]),
-    ("budget-two-units", sub("{epochs: 5}", "{epochs: 5, steps: 100}"), "budget:",
-     ["exactly one of epochs, full_epochs, steps", "got 2 (epochs, steps)"]),
+    (
+        "teacher-convnet-too-deep",
+        BASE + "teacher: {arch: convnet, depth: 5, epochs: 3}\n",
+        "teacher.depth:",
+        ["5", "8px", "use depth <= 3"],
+    ),
+    (
+        "budget-two-units",
+        sub("{epochs: 5}", "{epochs: 5, steps: 100}"),
+        "budget:",
+        ["exactly one of epochs, full_epochs, steps", "got 2 (epochs, steps)"],
+    ),
     ("budget-no-unit", sub("{epochs: 5}", "{}"), "budget:", ["exactly one of epochs, full_epochs, steps", "got 0"]),
     ("budget-unknown-unit", sub("{epochs: 5}", "{epoch: 5}"), "budget.epoch:", ["did you mean 'epochs'"]),
     ("budget-zero", sub("{epochs: 5}", "{epochs: 0}"), "budget.epochs:", ["0", "> 0"]),
@@ -102,57 +156,130 @@ CASES = [
     ("null-axis", sub("seed: [0, 1]", "seed:"), "grid.seed:", ["empty", "at least one value"]),
     ("missing-axis", sub("  seed: [0, 1]\n", ""), "grid.seed:", ["is required"]),
     ("unknown-axis", sub("seed: [0, 1]", "seed: [0, 1]\n  seeds: [2]"), "grid.seeds:", ["did you mean 'seed'"]),
-    ("grid-not-mapping", sub("grid:\n  selector: [random]\n  regime: [hl]\n  ipc: [1, 2]\n  seed: [0, 1]",
-                             "grid: [random, hl]"), "grid:", ["expected a mapping", "selector, regime, ipc, seed"]),
-    ("unknown-regime", sub("regime: [hl]", "regime: [hl, soft]"), "grid.regime[1]:",
-     ["'soft'", "not a known regime", "choose one of hl"]),
+    (
+        "grid-not-mapping",
+        sub("grid:\n  selector: [random]\n  regime: [hl]\n  ipc: [1, 2]\n  seed: [0, 1]", "grid: [random, hl]"),
+        "grid:",
+        ["expected a mapping", "selector, regime, ipc, seed"],
+    ),
+    (
+        "unknown-regime",
+        sub("regime: [hl]", "regime: [hl, soft]"),
+        "grid.regime[1]:",
+        ["'soft'", "not a known regime", "choose one of hl"],
+    ),
     ("regime-list", sub("regime: [hl]", "regime: [[hl]]"), "grid.regime[0]:", ["['hl']", "choose one of hl"]),
-    ("unknown-selector", sub("selector: [random]", "selector: [random, rnadom]"), "grid.selector[1]:",
-     ["'rnadom'", "did you mean 'random'", "choose one of random"]),
-    ("selector-not-name", sub("selector: [random]", "selector: [random, 3]"), "grid.selector[1]:",
-     ["3", "not a selector", "{name: ..."]),
-    ("unknown-selector-option", sub("selector: [random]", "selector: [{name: random, bogus: 1}]"),
-     "grid.selector[0].bogus:", ["'random' has no option 'bogus'", "its options: none"]),
-    ("unknown-selector-defaults", BASE + "selectors: {randon: {}}\n", "selectors.randon:",
-     ["'randon'", "did you mean 'random'"]),
-    ("bad-selector-defaults", BASE + "selectors: {random: {bogus: 1}}\n", "selectors.random.bogus:",
-     ["'random' has no option 'bogus'"]),
+    (
+        "unknown-selector",
+        sub("selector: [random]", "selector: [random, rnadom]"),
+        "grid.selector[1]:",
+        ["'rnadom'", "did you mean 'random'", "choose one of random"],
+    ),
+    (
+        "selector-not-name",
+        sub("selector: [random]", "selector: [random, 3]"),
+        "grid.selector[1]:",
+        ["3", "not a selector", "{name: ..."],
+    ),
+    (
+        "unknown-selector-option",
+        sub("selector: [random]", "selector: [{name: random, bogus: 1}]"),
+        "grid.selector[0].bogus:",
+        ["'random' has no option 'bogus'", "its options: none"],
+    ),
+    (
+        "unknown-selector-defaults",
+        BASE + "selectors: {randon: {}}\n",
+        "selectors.randon:",
+        ["'randon'", "did you mean 'random'"],
+    ),
+    (
+        "bad-selector-defaults",
+        BASE + "selectors: {random: {bogus: 1}}\n",
+        "selectors.random.bogus:",
+        ["'random' has no option 'bogus'"],
+    ),
     ("ipc-zero", sub("ipc: [1, 2]", "ipc: [0, 2]"), "grid.ipc[0]:", ["0", ">= 1"]),
     ("ipc-string", sub("ipc: [1, 2]", "ipc: [1, '2']"), "grid.ipc[1]:", ["'2'", "not an integer"]),
     ("ipc-float", sub("ipc: [1, 2]", "ipc: [1, 2.0]"), "grid.ipc[1]:", ["2.0", "not an integer"]),
     ("seed-negative", sub("seed: [0, 1]", "seed: [0, -1]"), "grid.seed[1]:", ["-1", ">= 0"]),
     ("seed-boolean", sub("seed: [0, 1]", "seed: [true]"), "grid.seed[0]:", ["True", "not an integer"]),
     ("duplicate-ipc", sub("ipc: [1, 2]", "ipc: [1, 2, 1]"), "grid.ipc[2]:", ["1", "repeats grid.ipc[0]"]),
-    ("duplicate-after-bad", sub("regime: [hl]", "regime: [soft, hl, hl]"), "grid.regime[2]:",
-     ["'hl'", "repeats grid.regime[1]"]),
+    (
+        "duplicate-after-bad",
+        sub("regime: [hl]", "regime: [soft, hl, hl]"),
+        "grid.regime[2]:",
+        ["'hl'", "repeats grid.regime[1]"],
+    ),
     ("duplicate-seed-after-bad", sub("seed: [0, 1]", "seed: [-3, 1, 1]"), "grid.seed[2]:", ["repeats grid.seed[1]"]),
-    ("duplicate-selector", sub("selector: [random]", "selector: [random, {name: random}]"), "grid.selector[1]:",
-     ["random", "repeats grid.selector[0]"]),
-    ("exclude-matches-nothing", BASE + "exclude: [{ipc: 50}]\n", "exclude[0].ipc:",
-     ["50", "matches nothing", "the grid has 1, 2"]),
-    ("exclude-regime-nothing", BASE + "exclude: [{regime: hl}, {regime: sl}]\n", "exclude[1].regime:",
-     ["'sl'", "the grid has hl"]),
+    (
+        "duplicate-selector",
+        sub("selector: [random]", "selector: [random, {name: random}]"),
+        "grid.selector[1]:",
+        ["random", "repeats grid.selector[0]"],
+    ),
+    (
+        "exclude-matches-nothing",
+        BASE + "exclude: [{ipc: 50}]\n",
+        "exclude[0].ipc:",
+        ["50", "matches nothing", "the grid has 1, 2"],
+    ),
+    (
+        "exclude-regime-nothing",
+        BASE + "exclude: [{regime: hl}, {regime: sl}]\n",
+        "exclude[1].regime:",
+        ["'sl'", "the grid has hl"],
+    ),
     ("exclude-empty-entry", BASE + "exclude: [{regime: hl}, {}]\n", "exclude[1]:", ["empty", "whole grid"]),
     ("exclude-unknown-axis", BASE + "exclude: [{ipcs: 1}]\n", "exclude[0].ipcs:", ["did you mean 'ipc'"]),
     ("exclude-not-list", BASE + "exclude: {regime: hl}\n", "exclude:", ["list", "a mapping"]),
-    ("train-bad-choice", sub("optimizer: adamw", "optimizer: rmsprop"), "train.optimizer:",
-     ["'rmsprop'", "choose one of sgd, adam, adamw"]),
-    ("train-bad-schedule", sub("lr: 0.01,", "lr: 0.01, schedule: linear,"), "train.schedule:",
-     ["'linear'", "cosine, half_cosine, step, constant"]),
+    (
+        "train-bad-choice",
+        sub("optimizer: adamw", "optimizer: rmsprop"),
+        "train.optimizer:",
+        ["'rmsprop'", "choose one of sgd, adam, adamw"],
+    ),
+    (
+        "train-bad-schedule",
+        sub("lr: 0.01,", "lr: 0.01, schedule: linear,"),
+        "train.schedule:",
+        ["'linear'", "cosine, half_cosine, step, constant"],
+    ),
     ("train-unknown-key", sub("lr: 0.01", "lrr: 0.01"), "train.lrr:", ["unknown key", "did you mean 'lr'"]),
     ("train-lr-zero", sub("lr: 0.01", "lr: 0"), "train.lr:", ["0", "> 0"]),
     ("train-batch-float", sub("batch_size: 32", "batch_size: 32.5"), "train.batch_size:", ["32.5", "integer"]),
-    ("train-t2-not-bool", sub("lr: 0.01", "lr: 0.01, t2_scale: maybe"), "train.t2_scale:", ["'maybe'", "true or false"]),
+    (
+        "train-t2-not-bool",
+        sub("lr: 0.01", "lr: 0.01, t2_scale: maybe"),
+        "train.t2_scale:",
+        ["'maybe'", "true or false"],
+    ),
     ("train-kd-topk-fraction", sub("lr: 0.01", "lr: 0.01, kd_topk: 2.5"), "train.kd_topk:", ["2.5", "integer"]),
     ("train-negative-wd", sub("lr: 0.01", "lr: 0.01, weight_decay: -0.1"), "train.weight_decay:", ["-0.1", ">= 0"]),
-    ("resources-negative-gpus", sub("gpus_per_trial: 0", "gpus_per_trial: -1"), "resources.gpus_per_trial:",
-     ["-1", ">= 0"]),
-    ("resources-zero-everything", sub("cpus_per_trial: 1", "cpus_per_trial: 0"), "resources.cpus_per_trial:",
-     ["unlimited"]),
-    ("max-concurrent-zero", sub("gpus_per_trial: 0", "gpus_per_trial: 0, max_concurrent: 0"),
-     "resources.max_concurrent:", ["0", ">= 1"]),
-    ("resources-unknown-key", sub("gpus_per_trial: 0", "gpus: 1"), "resources.gpus:",
-     ["unknown key", "gpus_per_trial"]),
+    (
+        "resources-negative-gpus",
+        sub("gpus_per_trial: 0", "gpus_per_trial: -1"),
+        "resources.gpus_per_trial:",
+        ["-1", ">= 0"],
+    ),
+    (
+        "resources-zero-everything",
+        sub("cpus_per_trial: 1", "cpus_per_trial: 0"),
+        "resources.cpus_per_trial:",
+        ["unlimited"],
+    ),
+    (
+        "max-concurrent-zero",
+        sub("gpus_per_trial: 0", "gpus_per_trial: 0, max_concurrent: 0"),
+        "resources.max_concurrent:",
+        ["0", ">= 1"],
+    ),
+    (
+        "resources-unknown-key",
+        sub("gpus_per_trial: 0", "gpus: 1"),
+        "resources.gpus:",
+        ["unknown key", "gpus_per_trial"],
+    ),
 ]
 
 
@@ -183,8 +310,10 @@ def test_ipc_larger_than_smallest_class_names_class_and_limit():
     limit = min(sizes)
     cls = info["class_names"][sizes.index(limit)]
     problems = problems_of(sub("ipc: [1, 2]", f"ipc: [1, {limit + 1}]"))
-    assert problems == [f"grid.ipc[1]: {limit + 1} is more than the smallest class has ({limit} train images in "
-                        f"class {cls!r}); use ipc <= {limit}"]
+    assert problems == [
+        f"grid.ipc[1]: {limit + 1} is more than the smallest class has ({limit} train images in "
+        f"class {cls!r}); use ipc <= {limit}"
+    ]
     # exactly the smallest class size is accepted
     assert parse_spec(sub("ipc: [1, 2]", f"ipc: [1, {limit}]")).ipcs == (1, limit)
 
@@ -263,8 +392,9 @@ def test_scalar_axis_is_a_one_value_axis():
 
 
 def test_optional_sections_may_be_omitted():
-    text = "".join(line + "\n" for line in BASE.splitlines()
-                   if not line.startswith(("storage:", "train:", "resources:")))
+    text = "".join(
+        line + "\n" for line in BASE.splitlines() if not line.startswith(("storage:", "train:", "resources:"))
+    )
     spec = parse_spec(text)
     assert spec.storage == "./ddsweep-runs"
     assert spec.train.lr == 0.01 and spec.train.optimizer == "sgd"  # the hl recipe of METHODS.md §2.3
@@ -379,18 +509,20 @@ def test_recipes_per_regime_resolve_defaults_then_train_then_regime_overrides():
     text = "teacher: {arch: convnet, depth: 2, epochs: 1}\n" + sub(
         "train: {optimizer: adamw, lr: 0.01, batch_size: 32}",
         "train: {batch_size: 32, sl_kd: {kd_backend: stored, lr: 0.002}, hl: {optimizer: adam}}",
-        sub("regime: [hl]", "regime: [hl, sl, sl_kd]"))
+        sub("regime: [hl]", "regime: [hl, sl, sl_kd]"),
+    )
     spec = parse_spec(text)
     hl, sl, kd = (spec.recipes[r] for r in ("hl", "sl", "sl_kd"))
-    assert (hl.optimizer, hl.lr, hl.schedule, hl.batch_size) == ("adam", 0.01, "step", 32)      # METHODS hl + overrides
+    assert (hl.optimizer, hl.lr, hl.schedule, hl.batch_size) == ("adam", 0.01, "step", 32)  # METHODS hl + overrides
     assert (sl.optimizer, sl.lr, sl.schedule, sl.batch_size) == ("adamw", 0.001, "cosine", 32)
     assert (kd.optimizer, kd.lr, kd.schedule, kd.kd_backend) == ("adamw", 0.002, "half_cosine", "stored")
     from orchestrator.grid import expand
 
     trials = expand(spec)
     assert {t.regime: t.train for t in trials} == {"hl": hl, "sl": sl, "sl_kd": kd}
-    assert problems_of(sub("train: {optimizer: adamw, lr: 0.01, batch_size: 32}",
-                           "train: {sl: {lr: -1}}"))[0].startswith("train.sl.lr:")
+    assert problems_of(sub("train: {optimizer: adamw, lr: 0.01, batch_size: 32}", "train: {sl: {lr: -1}}"))[
+        0
+    ].startswith("train.sl.lr:")
 
 
 def test_score_runs_do_not_depend_on_the_regime_recipe():
@@ -398,8 +530,10 @@ def test_score_runs_do_not_depend_on_the_regime_recipe():
     from workers.registry import subset_key
 
     text = "teacher: {arch: convnet, depth: 2, epochs: 1}\nselectors: {el2n: {runs: 1, epoch: 2}}\n" + sub(
-        "train: {optimizer: adamw, lr: 0.01, batch_size: 32}", "train: {sl: {lr: 0.005, batch_size: 8}}",
-        sub("regime: [hl]", "regime: [hl, sl]", sub("selector: [random]", "selector: [el2n]")))
+        "train: {optimizer: adamw, lr: 0.01, batch_size: 32}",
+        "train: {sl: {lr: 0.005, batch_size: 8}}",
+        sub("regime: [hl]", "regime: [hl, sl]", sub("selector: [random]", "selector: [el2n]")),
+    )
     trials = expand(parse_spec(text))
     by_seed_ipc = {}
     for t in trials:
@@ -420,7 +554,9 @@ def test_relative_dataset_root_and_teacher_weights_are_refused_with_the_absolute
         for c in ("a", "b"):
             (tmp_path / "data" / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(np.full((8, 8, 3), 100 if c == "a" else 10, np.uint8)).save(tmp_path / "data" / split / c / f"{i}.png")
+                Image.fromarray(np.full((8, 8, 3), 100 if c == "a" else 10, np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png"
+                )
     net = models.build("convnet", {"depth": 2, "width": 8}, 2, (3, 8, 8), 0)
     torch.save(net.state_dict(), tmp_path / "t.pt")
     monkeypatch.chdir(tmp_path)
@@ -434,7 +570,10 @@ grid: {selector: [random], regime: [sl], ipc: [2], seed: [0]}
 """
     probs = problems_of(text)
     assert any(p.startswith("dataset.root: 'data' is relative") and repr(str(tmp_path / "data")) in p for p in probs)
-    assert any(p.startswith("teacher.weights: './t.pt' is relative") and repr(str(tmp_path / "t.pt")) in p
-               for p in probs)
-    spec = parse_spec(text.replace("root: data", f"root: {tmp_path / 'data'}").replace("./t.pt", str(tmp_path / "t.pt")))
+    assert any(
+        p.startswith("teacher.weights: './t.pt' is relative") and repr(str(tmp_path / "t.pt")) in p for p in probs
+    )
+    spec = parse_spec(
+        text.replace("root: data", f"root: {tmp_path / 'data'}").replace("./t.pt", str(tmp_path / "t.pt"))
+    )
     assert spec.dataset.root == str(tmp_path / "data") and spec.teacher.weights == str(tmp_path / "t.pt")

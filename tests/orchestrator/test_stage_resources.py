@@ -29,8 +29,12 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 1}}
     # Ray only counts GPUs; one declared on this CPU machine is enough to see who gets it.
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        failed = build_stages(plan.stages_missing, child_uri(spec.storage, "artifacts"),
-                              cpus=spec.resources.cpus_per_trial, gpus=spec.resources.gpus_per_trial)
+        failed = build_stages(
+            plan.stages_missing,
+            child_uri(spec.storage, "artifacts"),
+            cpus=spec.resources.cpus_per_trial,
+            gpus=spec.resources.gpus_per_trial,
+        )
     finally:
         ray.shutdown()
     assert failed == {}

@@ -15,10 +15,10 @@ def test_digits_split_is_fixed_disjoint_and_stratified():
 
 
 def test_split_indices_are_disjoint_and_cover_everything():
+    from sklearn.datasets import load_digits
+
     from workers.data import stratified_split
     from workers.data.digits import SPLIT_SEED
-
-    from sklearn.datasets import load_digits
 
     y = load_digits().target
     tr, mv, te = stratified_split(y, 10, 0.2, 10, SPLIT_SEED)

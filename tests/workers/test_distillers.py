@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -47,7 +46,7 @@ def teacher(splits, stats):
     for _ in range(8):
         perm = torch.randperm(len(y), generator=g)
         for start in range(0, len(y), 64):
-            b = perm[start:start + 64]
+            b = perm[start : start + 64]
             opt.zero_grad()
             F.cross_entropy(model(x[b]), y[b]).backward()
             opt.step()
@@ -62,9 +61,19 @@ def teacher(splits, stats):
 
 def make_ctx(splits, stats, model, method: str, ipc: int, seed: int = 0, cad=None, **opts) -> DistillContext:
     mean, std = stats
-    return DistillContext(train_x=splits.train_x, train_y=splits.train_y, num_classes=C, ipc=ipc, seed=seed,
-                          method=Named.make(method, opts), mean=mean, std=std, device="cpu",
-                          teacher=lambda: model, cad_scores=(lambda: cad) if cad is not None else None)
+    return DistillContext(
+        train_x=splits.train_x,
+        train_y=splits.train_y,
+        num_classes=C,
+        ipc=ipc,
+        seed=seed,
+        method=Named.make(method, opts),
+        mean=mean,
+        std=std,
+        device="cpu",
+        teacher=lambda: model,
+        cad_scores=(lambda: cad) if cad is not None else None,
+    )
 
 
 def check_contract(images: np.ndarray, labels: np.ndarray, ipc: int) -> None:
@@ -103,8 +112,9 @@ def test_recover_losses_fall_and_clamp_holds(teacher, stats):
 
     def run(iterations: int, trace=None) -> torch.Tensor:
         opts = S.RecoverOptions(iterations=iterations)
-        return S.recover_batch(teacher, targets, mean, std, SHAPE, opts, torch_generator(3, "init"),
-                               torch_generator(3, "aug"), trace)
+        return S.recover_batch(
+            teacher, targets, mean, std, SHAPE, opts, torch_generator(3, "init"), torch_generator(3, "aug"), trace
+        )
 
     x0 = run(0)  # the seeded noise init, iteration 0
     trace: list[dict] = []
@@ -178,8 +188,16 @@ def test_cda_schedule():
 
 def test_cda_curriculum_used_and_differs_from_sre2l(teacher, splits, stats):
     trace: list[dict] = []
-    S.recover_batch(teacher, torch.arange(C), *stats, SHAPE, S.RecoverOptions(iterations=20, curriculum="cosine"),
-                    torch_generator(0, "i"), torch_generator(0, "a"), trace)
+    S.recover_batch(
+        teacher,
+        torch.arange(C),
+        *stats,
+        SHAPE,
+        S.RecoverOptions(iterations=20, curriculum="cosine"),
+        torch_generator(0, "i"),
+        torch_generator(0, "a"),
+        trace,
+    )
     assert trace[0]["scale_lo"] == 1.0 and trace[-1]["scale_lo"] < 0.1
     kw = dict(iterations=20)
     sre = S.recover(make_ctx(splits, stats, teacher, "sre2l", ipc=1, **kw))
@@ -216,11 +234,15 @@ def test_rded_choice_equals_brute_force(teacher, splits, stats):
             canvas[0, :, 2:6, 2:6] = (patches[p, k] - torch.as_tensor(mean).view(1, 1, 1)) / torch.as_tensor(std)
             with torch.no_grad():
                 ref[p, k] = -torch.log_softmax(teacher(canvas), 1)[0, cls].item()
-    ce = R.observer_ce(teacher, (patches.flatten(0, 1) - torch.as_tensor(mean).view(1, 1, 1, 1))
-                       / torch.as_tensor(std).view(1, 1, 1, 1), cls, (8, 8)).view(9, crops)
+    ce = R.observer_ce(
+        teacher,
+        (patches.flatten(0, 1) - torch.as_tensor(mean).view(1, 1, 1, 1)) / torch.as_tensor(std).view(1, 1, 1, 1),
+        cls,
+        (8, 8),
+    ).view(9, crops)
     np.testing.assert_allclose(ce.numpy(), ref, rtol=1e-4, atol=1e-5)
     best = [(min(ref[p]), p, int(np.argmin(ref[p]))) for p in range(9)]
-    chosen = sorted(best)[:ipc * factor * factor]
+    chosen = sorted(best)[: ipc * factor * factor]
     img, crop = R.select_patches(ce, ipc * factor * factor)
     assert list(zip(img.tolist(), crop.tolist())) == [(p, k) for _, p, k in chosen]
     # end to end for the class: same generator -> the brute-force patches stitched by hand
@@ -229,7 +251,7 @@ def test_rded_choice_equals_brute_force(teacher, splits, stats):
     for j, (_, p, k) in enumerate(chosen):
         cell, i = divmod(j, ipc)
         r, c = divmod(cell, factor)
-        expect[i, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = (patches[p, k] * 255).clamp(0, 255).round().byte().numpy()
+        expect[i, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = (patches[p, k] * 255).clamp(0, 255).round().byte().numpy()
     np.testing.assert_array_equal(out, expect)
 
 
@@ -243,7 +265,7 @@ def test_stitch_geometry_exact():
     for i in range(ipc):
         for k in range(f * f):
             r, c = divmod(k, f)
-            cell = out[i, 0, r * s:(r + 1) * s, c * s:(c + 1) * s]
+            cell = out[i, 0, r * s : (r + 1) * s, c * s : (c + 1) * s]
             assert torch.equal(cell, (k * ipc + i) * 100 + torch.arange(s * s, dtype=torch.float32).view(s, s))
     torch.testing.assert_close(R.stitch(patches[:ipc], ipc, 1), patches[:ipc])
     with pytest.raises(ValueError):
@@ -306,19 +328,35 @@ def test_ca2d_coreset_uses_exactly_ipc_factor2_images(teacher, splits, stats, ca
     y = splits.train_y
     # crop scale 1 and one crop: every patch is a whole pool image, so the output reveals which images were used
     for f in (1, 2):
-        images, labels = R.ca2d(make_ctx(splits, stats, teacher, "ca2d", ipc=ipc, cad=cad, pool="cad_coreset",
-                                         factor=f, crops=1, crop_min_scale=1.0))
+        images, labels = R.ca2d(
+            make_ctx(
+                splits,
+                stats,
+                teacher,
+                "ca2d",
+                ipc=ipc,
+                cad=cad,
+                pool="cad_coreset",
+                factor=f,
+                crops=1,
+                crop_min_scale=1.0,
+            )
+        )
         check_contract(images, labels, ipc)
         for c in range(C):
             idx = np.flatnonzero(y == c)
-            top = np.sort(idx[np.argsort(-cad[idx])[:ipc * f * f]])
+            top = np.sort(idx[np.argsort(-cad[idx])[: ipc * f * f]])
             ref = torch.as_tensor(splits.train_x[top]).float() / 255.0
             if f > 1:
                 ref = F.interpolate(ref, size=(8 // f, 8 // f), mode="bilinear", align_corners=False, antialias=True)
             ref_u8 = (ref * 255).clamp(0, 255).round().byte().numpy()
             out = images[labels == c]
-            cells = [out[i, :, 4 * r:4 * r + 8 // f, 4 * q:4 * q + 8 // f]
-                     for i in range(ipc) for r in range(f) for q in range(f)]
+            cells = [
+                out[i, :, 4 * r : 4 * r + 8 // f, 4 * q : 4 * q + 8 // f]
+                for i in range(ipc)
+                for r in range(f)
+                for q in range(f)
+            ]
             assert sorted(x.tobytes() for x in cells) == sorted(x.tobytes() for x in ref_u8)
 
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.data import DataError
-from workers.data import imagefolder
+from workers.data import DataError, imagefolder
 
 
 def make_tree(root, classes=("n02", "n01", "n03"), per_class=14, val=3, size=(20, 12)):
@@ -14,7 +13,9 @@ def make_tree(root, classes=("n02", "n01", "n03"), per_class=14, val=3, size=(20
         for k, c in enumerate(classes):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                arr = np.full((size[1], size[0], 3), 40 * k, np.uint8) + rng.integers(0, 10, (size[1], size[0], 3), dtype=np.uint8)
+                arr = np.full((size[1], size[0], 3), 40 * k, np.uint8) + rng.integers(
+                    0, 10, (size[1], size[0], 3), dtype=np.uint8
+                )
                 Image.fromarray(arr).save(root / split / c / f"{i}.png")
     return root
 

@@ -8,8 +8,9 @@ from workers.selectors.random import select
 
 
 def ctx(labels, ipc, seed):
-    return SelectContext(labels=labels, num_classes=int(labels.max()) + 1, ipc=ipc, seed=seed,
-                         selector=Named.make("random"))
+    return SelectContext(
+        labels=labels, num_classes=int(labels.max()) + 1, ipc=ipc, seed=seed, selector=Named.make("random")
+    )
 
 
 LABELS = np.repeat(np.arange(3), [5, 8, 6])

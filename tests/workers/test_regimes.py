@@ -23,8 +23,9 @@ from workers.seeding import torch_generator
 from workers.teacher import load_teacher
 from workers.train import Checkpointer, Tensors, channel_stats, evaluate, train
 
-DATASET = DatasetConfig("digits", None, _frozen_options({"image_size": 8, "minival_per_class": 10,
-                                                          "test_fraction": 0.2}))
+DATASET = DatasetConfig(
+    "digits", None, _frozen_options({"image_size": 8, "minival_per_class": 10, "test_fraction": 0.2})
+)
 ARCH = {"depth": 2, "width": 16, "norm": "instance"}
 C = 10
 
@@ -48,8 +49,13 @@ def tensors(splits, idx: np.ndarray | None = None, split: str = "train") -> Tens
     x, y = (splits.train_x, splits.train_y) if split == "train" else (splits.test_x, splits.test_y)
     if idx is not None:
         x, y = x[idx], y[idx]
-    return Tensors(torch.as_tensor(np.ascontiguousarray(x)), torch.as_tensor(y), mean, std,
-                   None if idx is None else torch.as_tensor(idx))
+    return Tensors(
+        torch.as_tensor(np.ascontiguousarray(x)),
+        torch.as_tensor(y),
+        mean,
+        std,
+        None if idx is None else torch.as_tensor(idx),
+    )
 
 
 def class_balanced(splits, per_class: int) -> np.ndarray:
@@ -107,8 +113,7 @@ def test_sl_target_is_the_same_every_epoch_while_the_view_changes(teacher, small
     const = ConstantStudent()
     const_losses = [reg.loss(const, small, pos, e, torch_generator(0, "augment", e)).item() for e in range(3)]
     assert const_losses[0] == const_losses[1] == const_losses[2]
-    direct = F.kl_div(F.log_softmax(const(small.float_batch(pos)) / T, dim=1), clean_q,
-                      reduction="batchmean").item()
+    direct = F.kl_div(F.log_softmax(const(small.float_batch(pos)) / T, dim=1), clean_q, reduction="batchmean").item()
     assert const_losses[0] == pytest.approx(direct, rel=1e-6)
 
     # 2. A real student: the views differ between epochs, the loss equals KL(q_clean || student(view)), and it is
@@ -122,8 +127,7 @@ def test_sl_target_is_the_same_every_epoch_while_the_view_changes(teacher, small
         with torch.no_grad():
             out = s(x)
             want = F.kl_div(F.log_softmax(out / T, dim=1), clean_q, reduction="batchmean")
-            per_view = F.kl_div(F.log_softmax(out / T, dim=1), F.softmax(teacher(x) / T, dim=1),
-                                reduction="batchmean")
+            per_view = F.kl_div(F.log_softmax(out / T, dim=1), F.softmax(teacher(x) / T, dim=1), reduction="batchmean")
         torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-8)
         assert abs(loss.item() - per_view.item()) > 1e-4 * abs(want.item())
     assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
@@ -197,8 +201,9 @@ def test_a_sample_gets_the_same_view_in_any_subset_that_holds_it():
     b = KDViews(3, 8, seed=7, min_scale=0.08, device="cpu", ids=[42, 9, 1000]).params(5)
     for k in ("w", "h", "cx", "cy", "flip", "bh", "by", "bx"):
         assert torch.equal(a[k][1], b[k][0]), k
-    assert not torch.equal(torch.stack([a[k][0] for k in ("w", "cx", "cy")]),
-                           torch.stack([b[k][1] for k in ("w", "cx", "cy")]))  # other ids, other boxes
+    assert not torch.equal(
+        torch.stack([a[k][0] for k in ("w", "cx", "cy")]), torch.stack([b[k][1] for k in ("w", "cx", "cy")])
+    )  # other ids, other boxes
     c = KDViews(3, 8, seed=7, min_scale=0.08, device="cpu", ids=[42, 9, 1000]).params(6)
     assert not torch.equal(b["cx"][0], c["cx"][0])  # another epoch, another view
 
@@ -218,8 +223,11 @@ def test_kd_labels_change_between_epochs(teacher, small):
     losses = []
     for e in range(3):
         loss = reg.loss(const, small, pos, e, torch_generator(0, "augment", e))
-        want = F.kl_div(F.log_softmax(const(small.float_batch(pos)) / T, dim=1), F.softmax(labels[e] / T, dim=1),
-                        reduction="batchmean")
+        want = F.kl_div(
+            F.log_softmax(const(small.float_batch(pos)) / T, dim=1),
+            F.softmax(labels[e] / T, dim=1),
+            reduction="batchmean",
+        )
         torch.testing.assert_close(loss.detach(), want.detach(), rtol=1e-6, atol=1e-8)
         losses.append(loss.item())
     assert len(set(losses)) == 3
@@ -252,7 +260,7 @@ def test_stored_logits_equal_online_teacher_on_regenerated_view(teacher, small, 
         stored = st._stored_logits(pos, e, C)
         assert stored.dtype == torch.float32 and st.stored[e][0].dtype == torch.float16
         assert online.abs().max() > 1.0  # real, non-trivial logits
-        torch.testing.assert_close(stored, online, rtol=2 ** -10, atol=1e-3)
+        torch.testing.assert_close(stored, online, rtol=2**-10, atol=1e-3)
         # Keyed by position, not by batch: any subset of positions, in any order, reads the same rows.
         some = torch.tensor([17, 2, 33])
         assert torch.equal(st._stored_logits(some, e, C), stored[some])
@@ -296,8 +304,12 @@ def test_topk_storage(teacher, small, online_and_stored):
         values, idx = top.stored[e]
         idx = idx.long()
         # the k largest are exact ...
-        torch.testing.assert_close(torch.sort(r.gather(1, idx), dim=1).values,
-                                   torch.sort(f.topk(k, dim=1).values, dim=1).values, rtol=0, atol=0)
+        torch.testing.assert_close(
+            torch.sort(r.gather(1, idx), dim=1).values,
+            torch.sort(f.topk(k, dim=1).values, dim=1).values,
+            rtol=0,
+            atol=0,
+        )
         assert torch.equal(r.gather(1, idx), f.gather(1, idx))
         # ... and every other class gets the smallest stored logit
         rest = torch.ones_like(r, dtype=torch.bool).scatter(1, idx, False)
@@ -313,8 +325,16 @@ def test_online_and_stored_students_track_each_other(teacher, splits):
     budget = BudgetConfig("epochs", 12)
     results = {}
     for backend in ("online", "stored"):
-        cfg = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=5e-4, batch_size=32, temperature=4.0,
-                          kd_backend=backend, kd_min_scale=0.5, eval_points=1)
+        cfg = TrainConfig(
+            optimizer="adamw",
+            lr=0.01,
+            weight_decay=5e-4,
+            batch_size=32,
+            temperature=4.0,
+            kd_backend=backend,
+            kd_min_scale=0.5,
+            eval_points=1,
+        )
         p = plan(budget, len(idx), len(splits.train_y), cfg.batch_size)
         model = student(seed=3)
         before = evaluate(model, test)["loss"]

@@ -1,4 +1,7 @@
-"""Known-answer tests for workers.scores.dynamics (METHODS.md §4.4–4.7, §4.9, §4.11), against brute-force references written here."""
+"""Known-answer tests for workers.scores.dynamics (METHODS.md §4.4–4.7, §4.9, §4.11).
+
+Against brute-force references written here.
+"""
 
 from __future__ import annotations
 
@@ -130,7 +133,10 @@ def test_grand_runs_average_and_batch_order_invariance():
     perm = rng.permutation(n)
     np.testing.assert_allclose(dyn.grand_last_layer(probs[:, perm], y[perm], feats[:, perm]), full[perm], rtol=1e-12)
     halves = np.concatenate(
-        [dyn.grand_last_layer(probs[:, :7], y[:7], feats[:, :7]), dyn.grand_last_layer(probs[:, 7:], y[7:], feats[:, 7:])]
+        [
+            dyn.grand_last_layer(probs[:, :7], y[:7], feats[:, :7]),
+            dyn.grand_last_layer(probs[:, 7:], y[7:], feats[:, 7:]),
+        ]
     )
     np.testing.assert_allclose(halves, full, rtol=1e-12)
     with pytest.raises(ValueError):
@@ -290,13 +296,15 @@ def test_cad_scoring_epochs_follow_the_trial_budget_and_ipc():
     from workers.config import BudgetConfig
     from workers.registry import cad_scoring_epochs
 
-    t = expand(parse_spec("""
+    t = expand(
+        parse_spec("""
 name: k
 dataset: {name: digits}
 student: {arch: convnet, depth: 2}
 budget: {epochs: 300}
 grid: {selector: [cad_prune], regime: [hl], ipc: [10, 50], seed: [0]}
-"""))
+""")
+    )
     assert [cad_scoring_epochs(x) for x in t] == [round(300 * 10 * 10 / 1338), round(300 * 50 * 10 / 1338)] == [22, 112]
     assert cad_scoring_epochs(replace(t[0], budget=BudgetConfig("full_epochs", 7.0))) == 7
     assert cad_scoring_epochs(replace(t[1], budget=BudgetConfig("full_epochs", 7.0))) == 7
@@ -309,7 +317,8 @@ def test_cad_subset_is_the_same_for_every_regime_under_a_steps_budget():
     from workers.budget import plan
     from workers.registry import cad_scoring_epochs, subset_key
 
-    t = expand(parse_spec("""
+    t = expand(
+        parse_spec("""
 name: k
 dataset: {name: digits}
 student: {arch: convnet, depth: 2}
@@ -317,7 +326,8 @@ budget: {steps: 400}
 teacher: {arch: convnet, depth: 2, epochs: 2}
 train: {batch_size: 64, sl: {batch_size: 16}, sl_kd: {batch_size: 128}}
 grid: {selector: [cad_prune], regime: [hl, sl, sl_kd], ipc: [10], seed: [0]}
-"""))
+""")
+    )
     assert [x.train.batch_size for x in t] == [64, 16, 128]
     hl_images = plan(t[0].budget, 100, 1338, 64).images_seen  # the hl trial's compute: 400 steps of <= 64
     assert hl_images != plan(t[1].budget, 100, 1338, 16).images_seen

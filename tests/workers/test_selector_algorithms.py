@@ -1,4 +1,7 @@
-"""Known-answer tests for workers.selectors.algorithms (METHODS.md §4.2–4.3, §4.7–4.8, §4.10), against brute-force references written here."""
+"""Known-answer tests for workers.selectors.algorithms (METHODS.md §4.2–4.3, §4.7–4.8, §4.10).
+
+Against brute-force references written here.
+"""
 
 from __future__ import annotations
 
@@ -183,7 +186,7 @@ def test_kcenter_seeded():
         alg.kcenter(x, 5, _rng(1), first="bogus")
 
 
-# ---------------------------------------------------------------------------------------------------- k-means medoids (§4.3)
+# ------------------------------------------------------------------------------------------- k-means medoids (§4.3)
 
 
 def test_kmeans_medoid_picks_real_samples_nearest_centroids():

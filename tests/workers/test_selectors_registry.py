@@ -25,18 +25,27 @@ DISTILLERS = {n for n in NAMES if SELECTORS[n].meta.get("distiller")}
 SUBSET_NAMES = [n for n in NAMES if n not in DISTILLERS]
 IPCS = (1, 4)
 SEEDS = (0, 1)
-FAST = {"el2n": "{runs: 2, epoch: 5}", "el2n_easy": "{runs: 2, epoch: 5}", "el2n_window": "{runs: 2, epoch: 5}",
-        "grand": "{runs: 2}", "forgetting": "{epochs: 6}", "forgetting_easy": "{epochs: 6}", "ccs": "{epochs: 6}",
-        "d2": "{epochs: 6}", "dyn_unc": "{epochs: 6, J: 3}"}
+FAST = {
+    "el2n": "{runs: 2, epoch: 5}",
+    "el2n_easy": "{runs: 2, epoch: 5}",
+    "el2n_window": "{runs: 2, epoch: 5}",
+    "grand": "{runs: 2}",
+    "forgetting": "{epochs: 6}",
+    "forgetting_easy": "{epochs: 6}",
+    "ccs": "{epochs: 6}",
+    "d2": "{epochs: 6}",
+    "dyn_unc": "{epochs: 6, J: 3}",
+}
 SPEC = f"""
 name: selectors
 dataset: {{name: digits}}
 teacher: {{arch: convnet, depth: 2, width: 16, epochs: 3, min_top1_factor: 1}}
 student: {{arch: convnet, depth: 2, width: 16}}
 budget: {{full_epochs: 6}}   # only CAD-Prune reads it: K = 6 scoring epochs, the same run as forgetting's
-grid: {{selector: [{', '.join(SUBSET_NAMES)}], regime: [hl], ipc: [{', '.join(map(str, IPCS))}], seed: [{', '.join(map(str, SEEDS))}]}}
+grid: {{selector: [{", ".join(SUBSET_NAMES)}], regime: [hl], ipc: [{", ".join(map(str, IPCS))}],
+        seed: [{", ".join(map(str, SEEDS))}]}}
 selectors:
-{chr(10).join(f'  {k}: {v}' for k, v in FAST.items() if k in SELECTORS)}
+{chr(10).join(f"  {k}: {v}" for k, v in FAST.items() if k in SELECTORS)}
 train: {{batch_size: 128}}
 """
 
@@ -160,8 +169,14 @@ def test_el2n_keeps_the_hard_end_and_el2n_easy_the_easy_end(trials, splits, stor
     el2n = _dynamics(trials, stores, "el2n", "el2n")  # runs x (epochs + 1) x N
     assert el2n.shape[0] == trials["el2n", 4, 0].selector.opts["runs"]
     score = el2n[:, epoch, :].astype(np.float64).mean(axis=0)
-    _check_ends(splits.train_y, _subset(trials, stores, "el2n"), _subset(trials, stores, "el2n_easy"), score, 4,
-                splits.num_classes)
+    _check_ends(
+        splits.train_y,
+        _subset(trials, stores, "el2n"),
+        _subset(trials, stores, "el2n_easy"),
+        score,
+        4,
+        splits.num_classes,
+    )
 
 
 def test_forgetting_keeps_the_most_forgotten_and_forgetting_easy_the_least(trials, splits, stores):
@@ -173,8 +188,14 @@ def test_forgetting_keeps_the_most_forgotten_and_forgetting_easy_the_least(trial
         events += correct[e] & ~correct[e + 1]
     events[~correct.any(axis=0)] = k + 1  # never learned ranks above every forgetting count
     assert events.max() > 0, "no forgetting at all: the check below would be vacuous"
-    _check_ends(splits.train_y, _subset(trials, stores, "forgetting"), _subset(trials, stores, "forgetting_easy"),
-                events, 4, splits.num_classes)
+    _check_ends(
+        splits.train_y,
+        _subset(trials, stores, "forgetting"),
+        _subset(trials, stores, "forgetting_easy"),
+        events,
+        4,
+        splits.num_classes,
+    )
 
 
 DISTILL_SPEC = f"""
@@ -183,7 +204,7 @@ dataset: {{name: digits}}
 teacher: {{arch: convnet, depth: 2, width: 16, norm: batch, epochs: 3, min_top1_factor: 1}}
 student: {{arch: convnet, depth: 2, width: 16}}
 budget: {{full_epochs: 6}}
-grid: {{selector: [{', '.join(sorted(DISTILLERS))}], regime: [hl], ipc: [1, 3], seed: [0]}}
+grid: {{selector: [{", ".join(sorted(DISTILLERS))}], regime: [hl], ipc: [1, 3], seed: [0]}}
 selectors: {{sre2l: {{iterations: 5}}, cda: {{iterations: 5}}, rded: {{mipc: 12}}, ca2d: {{mipc: 12}}}}
 """
 

@@ -17,8 +17,9 @@ from workers.registry import teacher_key
 from workers.teacher import full_train_tensors, load_teacher, load_weights, logits_and_features
 from workers.train import evaluate
 
-DATASET = DatasetConfig("digits", None, _frozen_options({"image_size": 8, "minival_per_class": 10,
-                                                          "test_fraction": 0.2}))
+DATASET = DatasetConfig(
+    "digits", None, _frozen_options({"image_size": 8, "minival_per_class": 10, "test_fraction": 0.2})
+)
 ARCH = {"depth": 2, "width": 16, "norm": "instance"}
 SHAPE = (1, 8, 8)
 

@@ -12,11 +12,18 @@ from workers.trial import TrialContext, run_trial
 
 
 def make_cfg(**kw) -> TrialConfig:
-    base = dict(dataset=DatasetConfig("digits", None, _frozen_options({"image_size": 8, "minival_per_class": 10,
-                                                                         "test_fraction": 0.2})),
-                student=Named.make("convnet", {"depth": 2, "width": 16, "norm": "instance"}),
-                selector=Named.make("random"), regime="hl", ipc=10, seed=0, budget=BudgetConfig("epochs", 30),
-                train=TrainConfig(lr=0.01, batch_size=32, eval_points=3))
+    base = dict(
+        dataset=DatasetConfig(
+            "digits", None, _frozen_options({"image_size": 8, "minival_per_class": 10, "test_fraction": 0.2})
+        ),
+        student=Named.make("convnet", {"depth": 2, "width": 16, "norm": "instance"}),
+        selector=Named.make("random"),
+        regime="hl",
+        ipc=10,
+        seed=0,
+        budget=BudgetConfig("epochs", 30),
+        train=TrainConfig(lr=0.01, batch_size=32, eval_points=3),
+    )
     base.update(kw)
     return TrialConfig(**base)
 
@@ -91,8 +98,12 @@ def test_resumed_trial_ends_like_an_uninterrupted_one(tmp_path):
 def test_module_entry_point_runs_one_trial(tmp_path):
     path = tmp_path / "trial.json"
     path.write_text(json.dumps(make_cfg(budget=BudgetConfig("steps", 20)).to_json()))
-    out = subprocess.run([sys.executable, "-m", "workers.trial", str(path), "--storage", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.trial", str(path), "--storage", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     m = json.loads(out.stdout)
     assert m["trial_name"] == "random-hl-ipc10-s0" and m["steps"] == 20

@@ -32,8 +32,9 @@ class Splits:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
 
-def stratified_split(labels: np.ndarray, num_classes: int, test_fraction: float, minival_per_class: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, num_classes: int, test_fraction: float, minival_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per class: shuffle with a fixed generator, take test first, then minival, the rest is train."""
     rng = np.random.default_rng(seed)
     train, minival, test = [], [], []
@@ -42,9 +43,11 @@ def stratified_split(labels: np.ndarray, num_classes: int, test_fraction: float,
         idx = idx[rng.permutation(len(idx))]
         n_test = int(round(test_fraction * len(idx)))
         if n_test + minival_per_class >= len(idx):
-            raise DataError(f"class {c} has {len(idx)} images: too few for test_fraction={test_fraction} "
-                            f"and minival_per_class={minival_per_class}; lower them")
+            raise DataError(
+                f"class {c} has {len(idx)} images: too few for test_fraction={test_fraction} "
+                f"and minival_per_class={minival_per_class}; lower them"
+            )
         test.append(idx[:n_test])
-        minival.append(idx[n_test:n_test + minival_per_class])
-        train.append(idx[n_test + minival_per_class:])
+        minival.append(idx[n_test : n_test + minival_per_class])
+        train.append(idx[n_test + minival_per_class :])
     return tuple(np.sort(np.concatenate(part)) for part in (train, minival, test))  # type: ignore[return-value]

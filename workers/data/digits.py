@@ -18,8 +18,9 @@ CLASS_NAMES = tuple(str(d) for d in range(10))
 
 
 @lru_cache(maxsize=8)
-def load(root: str | None = None, image_size: int = 8, minival_per_class: int = 10,
-         test_fraction: float = 0.2) -> Splits:
+def load(
+    root: str | None = None, image_size: int = 8, minival_per_class: int = 10, test_fraction: float = 0.2
+) -> Splits:
     from sklearn.datasets import load_digits
 
     raw = load_digits()
@@ -36,5 +37,9 @@ def load(root: str | None = None, image_size: int = 8, minival_per_class: int = 
 
 def describe(root: str | None = None, **options) -> dict:
     s = load(root, **options)
-    return {"class_names": list(s.class_names), "train_class_sizes": np.bincount(s.train_y).tolist(),
-            "num_train": len(s.train_y), "image_shape": list(s.image_shape)}
+    return {
+        "class_names": list(s.class_names),
+        "train_class_sizes": np.bincount(s.train_y).tolist(),
+        "num_train": len(s.train_y),
+        "image_shape": list(s.image_shape),
+    }

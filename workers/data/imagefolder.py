@@ -71,9 +71,19 @@ def _decode(files: list[Path], size: int) -> np.ndarray:
 
 
 def _cache_dir(root: Path, size: int, listing: dict) -> Path:
-    digest = hashlib.sha256(json.dumps({"root": str(root.resolve()), "size": size, "files": {
-        split: {c: [(f.name, f.stat().st_size) for f in fs] for c, fs in part.items()}
-        for split, part in listing.items()}}, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "root": str(root.resolve()),
+                "size": size,
+                "files": {
+                    split: {c: [(f.name, f.stat().st_size) for f in fs] for c, fs in part.items()}
+                    for split, part in listing.items()
+                },
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
     base = Path(os.environ.get("DDSWEEP_DATA_CACHE", Path.home() / ".cache" / "ddsweep"))
     return base / f"imagefolder-{digest}"
 
@@ -82,8 +92,10 @@ def _arrays(root: Path, size: int) -> tuple[dict, Path]:
     listing = {"train": _listing(root, "train"), "val": _listing(root, "val")}
     if list(listing["train"]) != list(listing["val"]):
         missing = sorted(set(listing["train"]) ^ set(listing["val"]))
-        raise DataError(f"dataset.root: train/ and val/ hold different classes (e.g. {missing[:5]}); "
-                        "they must have the same class folders")
+        raise DataError(
+            f"dataset.root: train/ and val/ hold different classes (e.g. {missing[:5]}); "
+            "they must have the same class folders"
+        )
     cache = _cache_dir(root, size, listing)
     if not (cache / "done").exists():
         _build_cache(cache, listing, size)
@@ -122,8 +134,15 @@ def load(root: str | None = None, image_size: int = 32, minival_per_class: int =
     x = np.load(cache / "train_x.npy", mmap_mode="r")
     y = np.load(cache / "train_y.npy")
     tr, mv = _split_train([len(v) for v in listing["train"].values()], minival_per_class)
-    return Splits(x[tr], y[tr], x[mv], y[mv], np.load(cache / "val_x.npy", mmap_mode="r"),
-                  np.load(cache / "val_y.npy"), tuple(listing["train"]))
+    return Splits(
+        x[tr],
+        y[tr],
+        x[mv],
+        y[mv],
+        np.load(cache / "val_x.npy", mmap_mode="r"),
+        np.load(cache / "val_y.npy"),
+        tuple(listing["train"]),
+    )
 
 
 def describe(root: str | None = None, image_size: int = 32, minival_per_class: int = 10) -> dict:
@@ -131,5 +150,9 @@ def describe(root: str | None = None, image_size: int = 32, minival_per_class: i
         raise DataError("dataset.root: imagefolder needs root: /path/with/train/and/val/")
     listing = _listing(Path(root), "train")
     sizes = [len(v) - minival_per_class for v in listing.values()]
-    return {"class_names": list(listing), "train_class_sizes": sizes, "num_train": int(sum(sizes)),
-            "image_shape": [3, image_size, image_size]}
+    return {
+        "class_names": list(listing),
+        "train_class_sizes": sizes,
+        "num_train": int(sum(sizes)),
+        "image_shape": [3, image_size, image_size],
+    }

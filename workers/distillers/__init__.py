@@ -7,8 +7,9 @@ trial then trains on them under any label regime exactly as it trains on a cores
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,16 +18,16 @@ from workers.config import Named
 
 @dataclass
 class DistillContext:
-    train_x: np.ndarray            # uint8 (N, C, H, W): the train split (minival and test excluded)
-    train_y: np.ndarray            # int64 (N,)
+    train_x: np.ndarray  # uint8 (N, C, H, W): the train split (minival and test excluded)
+    train_y: np.ndarray  # int64 (N,)
     num_classes: int
     ipc: int
     seed: int
     method: Named
-    mean: np.ndarray               # float32 (C,): per-channel mean of train_x / 255 (the normalisation)
-    std: np.ndarray                # float32 (C,)
+    mean: np.ndarray  # float32 (C,): per-channel mean of train_x / 255 (the normalisation)
+    std: np.ndarray  # float32 (C,)
     device: str
-    teacher: Callable[[], Any] | None = None        # -> frozen eval-mode torch model (the observer)
+    teacher: Callable[[], Any] | None = None  # -> frozen eval-mode torch model (the observer)
     cad_scores: Callable[[], np.ndarray] | None = None  # -> (N,) CAD score per train image (ca2d)
 
     @property

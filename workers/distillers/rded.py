@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,8 +59,9 @@ def cad_pool(cad: np.ndarray, labels: np.ndarray, c: int, size: int, seed: int) 
 # crops, scoring, selection, stitching (METHODS.md §5.3 steps 2-5)
 
 
-def random_crops(images: torch.Tensor, crops: int, out_size: tuple[int, int], min_scale: float,
-                 gen: torch.Generator) -> torch.Tensor:
+def random_crops(
+    images: torch.Tensor, crops: int, out_size: tuple[int, int], min_scale: float, gen: torch.Generator
+) -> torch.Tensor:
     """`crops` RandomResizedCrop patches per image: (P, C, H, W) float -> (P, crops, C, h, w).
 
     Box: area fraction ~ U(min_scale, 1), ratio (1, 1), from `gen` in image-major, crop-minor order; resized
@@ -70,8 +72,13 @@ def random_crops(images: torch.Tensor, crops: int, out_size: tuple[int, int], mi
     for p in range(p_count):
         for k in range(crops):
             top, left, h, w = random_resized_box(gen, height, width, (min_scale, 1.0), (1.0, 1.0))
-            out[p, k] = F.interpolate(images[p:p + 1, :, top:top + h, left:left + w], size=out_size,
-                                      mode="bilinear", align_corners=False, antialias=True)[0]
+            out[p, k] = F.interpolate(
+                images[p : p + 1, :, top : top + h, left : left + w],
+                size=out_size,
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )[0]
     return out
 
 
@@ -82,13 +89,14 @@ def pad_to_canvas(patches: torch.Tensor, height: int, width: int) -> torch.Tenso
         return patches
     canvas = patches.new_zeros((n, ch, height, width))
     top, left = (height - h) // 2, (width - w) // 2
-    canvas[:, :, top:top + h, left:left + w] = patches
+    canvas[:, :, top : top + h, left : left + w] = patches
     return canvas
 
 
 @torch.no_grad()
-def observer_ce(observer: nn.Module, patches: torch.Tensor, label: int, canvas: tuple[int, int],
-                batch_size: int = 1024) -> torch.Tensor:
+def observer_ce(
+    observer: nn.Module, patches: torch.Tensor, label: int, canvas: tuple[int, int], batch_size: int = 1024
+) -> torch.Tensor:
     """−log p(label | patch) under the observer for normalised patches (n, C, h, w) (METHODS.md §5.3 step 3).
 
     Patches smaller than the canvas are zero-padded, centred, first. (reconstruction) "zero" is 0 in normalised
@@ -97,7 +105,7 @@ def observer_ce(observer: nn.Module, patches: torch.Tensor, label: int, canvas: 
     device = next(observer.parameters()).device
     out = []
     for start in range(0, len(patches), batch_size):
-        x = pad_to_canvas(patches[start:start + batch_size].to(device), *canvas)
+        x = pad_to_canvas(patches[start : start + batch_size].to(device), *canvas)
         y = torch.full((len(x),), int(label), dtype=torch.int64, device=device)
         out.append(F.cross_entropy(observer(x), y, reduction="none").float().cpu())
     return torch.cat(out) if out else torch.empty(0)
@@ -127,20 +135,32 @@ def stitch(patches: torch.Tensor | np.ndarray, ipc: int, factor: int) -> torch.T
     n, ch, h, w = p.shape
     if n != ipc * factor * factor:
         raise ValueError(f"stitch needs ipc·factor² = {ipc * factor * factor} patches, got {n}")
-    grid = p.reshape(factor, factor, ipc, ch, h, w)          # [row, col, i] = patch (row·factor + col)·ipc + i
+    grid = p.reshape(factor, factor, ipc, ch, h, w)  # [row, col, i] = patch (row·factor + col)·ipc + i
     return grid.permute(2, 3, 0, 4, 1, 5).reshape(ipc, ch, factor * h, factor * w)
 
 
-def distill_class(observer: nn.Module, images: np.ndarray, label: int, ipc: int, factor: int, crops: int,
-                  min_scale: float, mean: np.ndarray, std: np.ndarray, gen: torch.Generator) -> np.ndarray:
+def distill_class(
+    observer: nn.Module,
+    images: np.ndarray,
+    label: int,
+    ipc: int,
+    factor: int,
+    crops: int,
+    min_scale: float,
+    mean: np.ndarray,
+    std: np.ndarray,
+    gen: torch.Generator,
+) -> np.ndarray:
     """RDED steps 2-5 for one class's pool images (uint8 (P, C, H, W)) -> uint8 (ipc, C, H, W)."""
     _, ch, height, width = images.shape
     if height % factor or width % factor:
         raise ValueError(f"factor {factor} does not divide the {height}x{width} image; choose another factor")
     n_keep = ipc * factor * factor
     if len(images) < n_keep:
-        raise ValueError(f"class {label}: the pool has {len(images)} images, fewer than ipc·factor² = {n_keep} "
-                         f"(one patch per image); raise mipc or lower ipc/factor")
+        raise ValueError(
+            f"class {label}: the pool has {len(images)} images, fewer than ipc·factor² = {n_keep} "
+            f"(one patch per image); raise mipc or lower ipc/factor"
+        )
     x = torch.as_tensor(np.ascontiguousarray(images)).float() / 255.0
     patches = random_crops(x, crops, (height // factor, width // factor), min_scale, gen)  # in [0, 1]
     m = torch.as_tensor(np.asarray(mean, np.float32)).view(1, ch, 1, 1)
@@ -176,8 +196,20 @@ def _run(ctx: DistillContext, pool: Callable[[int, int], np.ndarray]) -> tuple[n
         idx = pool(c, factor)
         # The crop generator depends on (seed, class) only, not on the method: on one seed RDED and CA2D differ
         # only through their pools.
-        out.append(distill_class(observer, ctx.train_x[idx], c, ctx.ipc, factor, crops, min_scale, ctx.mean,
-                                 ctx.std, torch_generator(ctx.seed, "distill.rded.crops", c)))
+        out.append(
+            distill_class(
+                observer,
+                ctx.train_x[idx],
+                c,
+                ctx.ipc,
+                factor,
+                crops,
+                min_scale,
+                ctx.mean,
+                ctx.std,
+                torch_generator(ctx.seed, "distill.rded.crops", c),
+            )
+        )
     images = np.concatenate(out).reshape(ctx.num_classes * ctx.ipc, *shape)
     labels = np.repeat(np.arange(ctx.num_classes, dtype=np.int64), ctx.ipc)
     return images, labels
@@ -189,8 +221,9 @@ def rded(ctx: DistillContext) -> tuple[np.ndarray, np.ndarray]:
     return _run(ctx, lambda c, factor: draw_pool(ctx.train_y, c, mipc, ctx.seed))
 
 
-def ca2d_pool(cad: np.ndarray, labels: np.ndarray, c: int, mode: str, mipc: int, ipc: int, factor: int,
-              seed: int) -> np.ndarray:
+def ca2d_pool(
+    cad: np.ndarray, labels: np.ndarray, c: int, mode: str, mipc: int, ipc: int, factor: int, seed: int
+) -> np.ndarray:
     """The CA2D pool of class c (METHODS.md §5.4, reconstruction): `cad_top` = the top-mipc by CAD (mirrors RDED's
     mipc = 300); `cad_coreset` = the CAD-Prune coreset of the patch budget, top ipc·factor² by CAD, one patch each."""
     if mode not in POOLS:

@@ -15,8 +15,9 @@ from workers.distillers import DistillContext
 from workers.seeding import torch_generator
 
 CURRICULA = ("none", "step", "linear", "cosine")
-NO_BN_MESSAGE = ("sre2l needs a teacher with BatchNorm layers (e.g. teacher: {arch: convnet, norm: batch}); "
-                 "this teacher has none")
+NO_BN_MESSAGE = (
+    "sre2l needs a teacher with BatchNorm layers (e.g. teacher: {arch: convnet, norm: batch}); this teacher has none"
+)
 ADAM_BETAS = (0.5, 0.9)  # METHODS.md §5.1
 
 
@@ -34,15 +35,18 @@ class RecoverOptions:
     milestone: float = 1.0
 
     @classmethod
-    def from_opts(cls, opts: dict[str, Any], default_curriculum: str = "none") -> "RecoverOptions":
+    def from_opts(cls, opts: dict[str, Any], default_curriculum: str = "none") -> RecoverOptions:
         d = cls()
-        o = cls(iterations=int(opts.get("iterations", d.iterations)), lr=float(opts.get("lr", d.lr)),
-                r_bn=float(opts.get("r_bn", d.r_bn)),
-                first_bn_multiplier=float(opts.get("first_bn_multiplier", d.first_bn_multiplier)),
-                batch_classes=int(opts.get("batch_classes", d.batch_classes)),
-                crop_min_scale=float(opts.get("crop_min_scale", d.crop_min_scale)),
-                curriculum=str(opts.get("curriculum", default_curriculum)),
-                milestone=float(opts.get("milestone", d.milestone)))
+        o = cls(
+            iterations=int(opts.get("iterations", d.iterations)),
+            lr=float(opts.get("lr", d.lr)),
+            r_bn=float(opts.get("r_bn", d.r_bn)),
+            first_bn_multiplier=float(opts.get("first_bn_multiplier", d.first_bn_multiplier)),
+            batch_classes=int(opts.get("batch_classes", d.batch_classes)),
+            crop_min_scale=float(opts.get("crop_min_scale", d.crop_min_scale)),
+            curriculum=str(opts.get("curriculum", default_curriculum)),
+            milestone=float(opts.get("milestone", d.milestone)),
+        )
         if o.curriculum not in CURRICULA:
             raise ValueError(f"curriculum must be one of {CURRICULA}, got {o.curriculum!r}")
         if o.iterations < 0 or o.batch_classes < 1 or not 0.0 < o.crop_min_scale <= 1.0:
@@ -77,10 +81,12 @@ class BNStatHooks:
         x = inputs[0]
         mu = x.mean(dim=(0, 2, 3))
         var = x.var(dim=(0, 2, 3), unbiased=False)
-        self.terms.append(torch.linalg.vector_norm(mu - module.running_mean, 2)
-                          + torch.linalg.vector_norm(var - module.running_var, 2))
+        self.terms.append(
+            torch.linalg.vector_norm(mu - module.running_mean, 2)
+            + torch.linalg.vector_norm(var - module.running_var, 2)
+        )
 
-    def __enter__(self) -> "BNStatHooks":
+    def __enter__(self) -> BNStatHooks:
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
         return self
 
@@ -120,8 +126,13 @@ def _randint(gen: torch.Generator, lo: int, hi_inclusive: int) -> int:
     return int(torch.randint(lo, hi_inclusive + 1, (), generator=gen))
 
 
-def random_resized_box(gen: torch.Generator, height: int, width: int, scale: tuple[float, float],
-                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_box(
+    gen: torch.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a RandomResizedCrop box drawn from gen: area fraction ~ U(scale), log aspect ratio
     ~ U(log ratio), up to 10 tries, then the central crop with the aspect ratio clamped to `ratio` (the
     torchvision algorithm, re-implemented on a torch.Generator so it is seeded and leaves global RNG alone)."""
@@ -170,8 +181,9 @@ def augment(x: torch.Tensor, gen: torch.Generator, min_scale: float) -> torch.Te
     whole batch, then a circular roll by (dy, dx), each uniform in [−side//7, side//7] (32 px at 224)."""
     _, _, height, width = x.shape
     top, left, h, w = random_resized_box(gen, height, width, (min_scale, 1.0))
-    out = F.interpolate(x[:, :, top:top + h, left:left + w], size=(height, width), mode="bilinear",
-                        align_corners=False)
+    out = F.interpolate(
+        x[:, :, top : top + h, left : left + w], size=(height, width), mode="bilinear", align_corners=False
+    )
     if float(torch.rand((), generator=gen)) < 0.5:
         out = out.flip(3)
     # (reconstruction) the roll's sign: METHODS only bounds its size; we draw both directions (DeepInversion-style).
@@ -184,7 +196,9 @@ def augment(x: torch.Tensor, gen: torch.Generator, min_scale: float) -> torch.Te
 # recover
 
 
-def valid_range(mean: np.ndarray, std: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def valid_range(
+    mean: np.ndarray, std: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel bounds (1, C, 1, 1) of normalised pixels: (0 − mean)/std .. (1 − mean)/std."""
     m = torch.as_tensor(np.asarray(mean, np.float32), device=device).view(1, -1, 1, 1)
     s = torch.as_tensor(np.asarray(std, np.float32), device=device).view(1, -1, 1, 1)
@@ -198,7 +212,9 @@ def to_uint8(x: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x.detach() * s + m) * 255.0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
 
 
-def normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+def normalise(
+    images: np.ndarray, mean: np.ndarray, std: np.ndarray, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """uint8 (n, C, H, W) -> (x/255 − mean)/std as float32 on device."""
     x = torch.as_tensor(np.ascontiguousarray(images), device=device).float() / 255.0
     m = torch.as_tensor(np.asarray(mean, np.float32), device=device).view(1, -1, 1, 1)
@@ -206,9 +222,17 @@ def normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray, device: tor
     return (x - m) / s
 
 
-def recover_batch(teacher: nn.Module, targets: torch.Tensor, mean: np.ndarray, std: np.ndarray,
-                  image_shape: tuple[int, int, int], options: RecoverOptions, init_gen: torch.Generator,
-                  aug_gen: torch.Generator, trace: list[dict[str, float]] | None = None) -> torch.Tensor:
+def recover_batch(
+    teacher: nn.Module,
+    targets: torch.Tensor,
+    mean: np.ndarray,
+    std: np.ndarray,
+    image_shape: tuple[int, int, int],
+    options: RecoverOptions,
+    init_gen: torch.Generator,
+    aug_gen: torch.Generator,
+    trace: list[dict[str, float]] | None = None,
+) -> torch.Tensor:
     """Optimise one batch of synthetic images (one per target) in normalised space (METHODS.md §5.1-5.2).
 
     Returns the last iterate (SRe2L's "store best" is dead code), normalised, inside the valid range (the noise
@@ -226,8 +250,9 @@ def recover_batch(teacher: nn.Module, targets: torch.Tensor, mean: np.ndarray, s
         lr_it = 0.5 * options.lr * (1.0 + math.cos(math.pi * it / options.iterations))  # cosine to 0, no warm-up
         for group in opt.param_groups:
             group["lr"] = lr_it
-        scale_lo = crop_scale_lower(it, options.iterations, options.curriculum, options.crop_min_scale,
-                                    options.milestone)
+        scale_lo = crop_scale_lower(
+            it, options.iterations, options.curriculum, options.crop_min_scale, options.milestone
+        )
         view = augment(x, aug_gen, scale_lo)
         with hooks:
             hooks.terms = []
@@ -242,8 +267,17 @@ def recover_batch(teacher: nn.Module, targets: torch.Tensor, mean: np.ndarray, s
             x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         if trace is not None:
             with torch.no_grad():
-                trace.append({"it": it, "lr": lr_it, "scale_lo": scale_lo, "ce": float(ce), "bn": float(bn),
-                              "below": float((x - lo).min()), "above": float((x - hi).max())})
+                trace.append(
+                    {
+                        "it": it,
+                        "lr": lr_it,
+                        "scale_lo": scale_lo,
+                        "ce": float(ce),
+                        "bn": float(bn),
+                        "below": float((x - lo).min()),
+                        "above": float((x - hi).max()),
+                    }
+                )
     return x.detach()
 
 
@@ -269,9 +303,16 @@ def _recover(ctx: DistillContext, default_curriculum: str) -> tuple[np.ndarray, 
             classes = torch.arange(start, min(ctx.num_classes, start + opts.batch_classes), device=device)
             # The same purposes for sre2l and cda: for one seed both start from the same noise and draw the same
             # augmentation randomness, so they differ only by the crop-scale curriculum.
-            x = recover_batch(teacher, classes, ctx.mean, ctx.std, shape, opts,  # type: ignore[arg-type]
-                              torch_generator(ctx.seed, "distill.sre2l.init", ipc_id, b),
-                              torch_generator(ctx.seed, "distill.sre2l.augment", ipc_id, b))
+            x = recover_batch(
+                teacher,
+                classes,
+                ctx.mean,
+                ctx.std,
+                shape,
+                opts,  # type: ignore[arg-type]
+                torch_generator(ctx.seed, "distill.sre2l.init", ipc_id, b),
+                torch_generator(ctx.seed, "distill.sre2l.augment", ipc_id, b),
+            )
             out[classes.cpu().numpy(), ipc_id] = to_uint8(x, ctx.mean, ctx.std)
     images = out.reshape(ctx.num_classes * ctx.ipc, *shape)
     labels = np.repeat(np.arange(ctx.num_classes, dtype=np.int64), ctx.ipc)

@@ -1,4 +1,6 @@
-"""Per-sample difficulty scores from stored training dynamics (METHODS.md §4.4–4.7, §4.9, §4.11): EL2N, GraNd (last layer), forgetting, AUM, Dynamic Uncertainty and CAD.
+"""Per-sample difficulty scores from stored training dynamics (METHODS.md §4.4–4.7, §4.9, §4.11).
+
+EL2N, GraNd (last layer), forgetting, AUM, Dynamic Uncertainty and CAD.
 
 Numpy only (no torch). Inputs may be float16 (the cached score arrays, METHODS.md §4); all arithmetic runs in
 float64 on row chunks so an ImageNet-sized (N, C) array is never copied whole at higher precision.
@@ -7,7 +9,7 @@ float64 on row chunks so an ImageNet-sized (N, C) array is never copied whole at
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -23,10 +23,10 @@ from workers.config import ArtifactKey, BudgetConfig, Named, TrainConfig
 def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
     from workers import models
     from workers.budget import plan
+    from workers.models import pick_device
     from workers.regimes import HardLabels
     from workers.seeding import derive_seed
     from workers.stages import load_splits
-    from workers.models import pick_device
     from workers.teacher import full_train_tensors, logits_and_features
     from workers.train import Checkpointer, train
 
@@ -63,10 +63,8 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
     regime.on_logits = on_logits
     if epochs > 0:
         p = plan(BudgetConfig("epochs", epochs), n, n, recipe.batch_size)
-        train(model, regime, data, recipe, p, seed, {}, Checkpointer(None),
-              on_epoch_end=lambda e, m: record(e + 1, m))
+        train(model, regime, data, recipe, p, seed, {}, Checkpointer(None), on_epoch_end=lambda e, m: record(e + 1, m))
     for name, arr in rows.items():
         np.save(out / f"{name}.npy", arr)
     np.save(out / "correct.npy", correct)
     return {"class_names": list(splits.class_names), "epochs": epochs, "n": n}
-

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,8 @@ class SelectContext:
     ipc: int
     seed: int
     selector: Named
-    features: Callable[[], np.ndarray] | None = None        # teacher penultimate features, N x D
-    dynamics: Callable[[str], np.ndarray] | None = None     # name -> runs x (epochs+1) x N (or runs x epochs x N)
+    features: Callable[[], np.ndarray] | None = None  # teacher penultimate features, N x D
+    dynamics: Callable[[str], np.ndarray] | None = None  # name -> runs x (epochs+1) x N (or runs x epochs x N)
 
     @property
     def opts(self) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""Per-class selection kernels (METHODS.md §4.2–4.3, §4.7–4.8, §4.10): top-k, EL2N window, herding, k-center, k-means medoids, CCS and D²-Pruning.
+"""Per-class selection kernels (METHODS.md §4.2–4.3, §4.7–4.8, §4.10).
+
+Top-k, EL2N window, herding, k-center, k-means medoids, CCS and D²-Pruning.
 
 Each kernel sees the candidates of ONE class (scores (n,) and/or features (n, D)) and returns positions into those
 arrays: sorted ascending, unique, exactly `ipc` long; fewer than `ipc` candidates is a ValueError (the selector

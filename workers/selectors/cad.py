@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from workers.scores import dynamics as dyn
-from workers.selectors import SelectContext, algorithms as alg
+from workers.selectors import SelectContext
+from workers.selectors import algorithms as alg
 
 
 def cad_scores(prob_true_rows: np.ndarray, opts: dict) -> np.ndarray:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from workers.scores import dynamics as dyn
-from workers.selectors import SelectContext, algorithms as alg
+from workers.selectors import SelectContext
+from workers.selectors import algorithms as alg
 
 
 def el2n_scores(ctx: SelectContext) -> np.ndarray:
@@ -62,8 +63,11 @@ def ccs(ctx: SelectContext) -> np.ndarray:
     `hard_drop`, stratify the rest into `strata` equal-width bins, allocate the budget, sample in bins."""
     aum = ctx.dynamics("margin")[0, 1:, :].astype(np.float64).sum(axis=0)
     o = ctx.opts
-    return ctx.per_class(lambda idx, c: alg.ccs(aum[idx], ctx.ipc, ctx.rng("select.ccs", c),
-                                                hard_drop=o["hard_drop"], strata=o["strata"], hard_high=False))
+    return ctx.per_class(
+        lambda idx, c: alg.ccs(
+            aum[idx], ctx.ipc, ctx.rng("select.ccs", c), hard_drop=o["hard_drop"], strata=o["strata"], hard_high=False
+        )
+    )
 
 
 def dyn_unc(ctx: SelectContext) -> np.ndarray:
