@@ -3,22 +3,20 @@
     python benchmarks/dd_table.py [STORAGE] [SWEEP.yaml]   (default sweeps/digits_dd_hl.yaml)
 
 EL2N-Best is the el2n_window offset with the best mean **minival** top-1 per IPC
-(orchestrator.results.best_window); its test accuracy is shown, the choice never reads test.
+(orchestrator.report.best_window); its test accuracy is shown, the choice never reads test.
 """
 
 import sys
 
 import pandas as pd
 
-from orchestrator import results
+from orchestrator.report import best_window, current_rows, selector_labels
 from orchestrator.spec import load_spec
 
 
 def main() -> None:
     storage = sys.argv[1] if len(sys.argv) > 1 else "./ddsweep-runs"
     spec = load_spec(sys.argv[2] if len(sys.argv) > 2 else "sweeps/digits_dd_hl.yaml", storage_override=storage)
-    from orchestrator.report import current_rows, selector_labels
-
     df = current_rows(spec)
     label = selector_labels(df)  # e.g. cad_prune(J=2,shift=False): the options that vary within the sweep
     t = df.assign(method=label, top1=df["top1"] * 100).pivot_table(
@@ -27,7 +25,7 @@ def main() -> None:
     pd.set_option("display.width", 200)
     best = None
     if (df["selector"] == "el2n_window").any():
-        best = results.best_window(df).set_index("ipc")
+        best = best_window(df).set_index("ipc")
         t.loc["EL2N-Best (minival)"] = best["top1"] * 100
     print(f"## {spec.name}: mean test top-1 (%) over {df['seed'].nunique()} seeds, regime hl\n")
     print(t.round(1).to_string())

@@ -7,9 +7,18 @@ import logging
 import sys
 from collections import Counter
 
+from orchestrator.driver import StaleIds, make_plan, run, stale_message
+from orchestrator.grid import expand
+from orchestrator.lock import DriverLock, SweepLocked
+from orchestrator.report import accuracy_table, current_rows, format_table, write_report
 from orchestrator.spec import SpecError, SweepSpec, load_spec
+from workers.budget import plan as budget_plan
+from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
+from workers.naming import trial_name
 
-EXIT_SPEC = 2
+EXIT_SPEC = 2  # bad input
+EXIT_LOCKED = 3  # another driver runs the sweep
+EXIT_STALE = 4  # the store needs `ddsweep migrate`
 
 
 def _load(args) -> SweepSpec:
@@ -21,19 +30,16 @@ def _load(args) -> SweepSpec:
 
 def cmd_validate(args) -> int:
     spec = _load(args)
-    from orchestrator.grid import expand
 
     print(f"{args.sweep}: ok ({len(expand(spec))} trials)")
     return 0
 
 
 def cmd_plan(args) -> int:
-    from orchestrator.driver import make_plan
-    from workers.budget import plan as budget_plan
-    from workers.registry import describe_dataset
-
     spec = _load(args)
     p = make_plan(spec)
+    if p.stale:
+        print(f"warning: {stale_message(spec, p.stale)}", file=sys.stderr)
     print(
         f"sweep {spec.name}: {len(p.trials)} trials = {len(spec.selectors)} selectors x {len(spec.regimes)} "
         f"regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
@@ -49,7 +55,7 @@ def cmd_plan(args) -> int:
     missing = Counter(k.kind for k in p.stages_missing)
     for kind, n in kinds.items():
         print(f"  stage {kind}: {n} needed by pending trials, {missing.get(kind, 0)} to build")
-    info = describe_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
+    info = dataset_facts(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
     n_full, n_cls = info["num_train"], len(info["class_names"])
     batches = {r: spec.recipes[r].batch_size for r in spec.regimes}
     for batch in sorted(set(batches.values())):
@@ -71,33 +77,29 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from orchestrator.driver import run
 
     spec = _load(args)
     return run(spec, address=args.address, checkpoint_interval_s=args.checkpoint_interval)
 
 
 def cmd_status(args) -> int:
-    from orchestrator import results
-    from orchestrator.grid import expand
 
     spec = _load(args)
     trials = expand(spec)
-    done = results.done_ids(spec.storage, spec.name)
-    fails = results.failures(spec.storage, spec.name)
-    from workers.storage import Storage
-
-    st = Storage(spec.storage)
+    store = spec.store()
+    done = store.done_ids()
+    fails = store.failures()
 
     def state(t) -> str:
         if t.trial_id in done:
             return "done"
         if t.trial_id in fails and fails[t.trial_id].get("final", True):
             return "failed"
-        if st.exists(results.checkpoint_dir(spec.storage, spec.name, t.trial_id)):
+        if store.has_checkpoint(t.trial_id):
             return "started"
         return "pending"
 
+    _warn_stale(spec, {t.trial_id for t in trials}, done)
     states = {t.trial_id: state(t) for t in trials}
     total = Counter(states.values())
     order = ("done", "started", "failed", "pending")
@@ -119,24 +121,48 @@ def cmd_status(args) -> int:
     for t in trials:
         f = fails.get(t.trial_id)
         if states[t.trial_id] == "failed":
-            print(f"  failed {t.trial_name} (attempt {f['attempt']}): {f['error']}")
+            print(f"  failed {trial_name(t)} (attempt {f['attempt']}): {f['error']}")
         elif f and states[t.trial_id] != "done":
-            print(f"  retrying {t.trial_name}: attempt {f['attempt']} failed: {f['error']}")
+            print(f"  retrying {trial_name(t)}: attempt {f['attempt']} failed: {f['error']}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from orchestrator.report import accuracy_table, current_rows, format_table, write_report
-
     spec = _load(args)
+    _warn_stale(spec, {t.trial_id for t in expand(spec)}, spec.store().done_ids())
     out = write_report(spec)
     print(format_table(accuracy_table(current_rows(spec))))
     print(f"report written to {out}")
     return 0
 
 
+def _warn_stale(spec: SweepSpec, grid_ids: set[str], done: set[str]) -> None:
+    """Rows under an older trial-id rule are neither counted nor reported: say so, and how to fix it."""
+    stale = spec.store().stale_rows(grid_ids) if done - grid_ids else {}
+    if stale:
+        print(f"warning: {stale_message(spec, stale)}", file=sys.stderr)
+
+
+def cmd_migrate(args) -> int:
+    """Re-key the rows a change of the trial-id rule left under old ids (docs/design.md §5)."""
+    spec = _load(args)
+    store = spec.store()
+    stale = store.stale_rows({t.trial_id for t in expand(spec)})
+    print(f"sweep {spec.name} ({store.results_dir}): {len(stale)} row(s) under an older trial-id rule")
+    if not stale or args.dry_run:
+        for old, new in list(stale.items())[:20]:
+            print(f"  {old} -> {new}")
+        return 0
+    with DriverLock(store.st, store.name):  # never while a driver runs this sweep
+        moved, superseded = store.migrate(stale)
+    print(
+        f"re-keyed {moved} row(s)"
+        + (f"; {superseded} duplicate(s) moved to results/.superseded/" if superseded else "")
+    )
+    return 0
+
+
 def cmd_list(args) -> int:
-    from workers.registry import ARCHS, DATASETS, REGIMES, SELECTORS
 
     kinds = {"selectors": SELECTORS, "regimes": REGIMES, "datasets": DATASETS, "archs": ARCHS}
     chosen = [args.kind] if args.kind else list(kinds)
@@ -172,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_run)
     with_sweep("status", "done / started / failed / pending, per axis").set_defaults(fn=cmd_status)
     with_sweep("report", "accuracy table and curves under <storage>/<sweep>/report/").set_defaults(fn=cmd_report)
+    sp = with_sweep("migrate", "re-key rows written under an older trial-id rule (nothing is re-run)")
+    sp.add_argument("--dry-run", action="store_true", help="only list what would be re-keyed")
+    sp.set_defaults(fn=cmd_migrate)
     sp = sub.add_parser("list", help="registered selectors, regimes, datasets, architectures")
     sp.add_argument("kind", nargs="?", choices=("selectors", "regimes", "datasets", "archs"))
     sp.set_defaults(fn=cmd_list)
@@ -186,13 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(err, file=sys.stderr)
         return EXIT_SPEC
-    except Exception as err:
-        from orchestrator.lock import SweepLocked
-
-        if isinstance(err, SweepLocked):
-            print(f"ddsweep: {err}", file=sys.stderr)
-            return 3
-        raise
+    except SweepLocked as err:
+        print(f"ddsweep: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except StaleIds as err:
+        print(f"ddsweep: {err}", file=sys.stderr)
+        return EXIT_STALE
 
 
 if __name__ == "__main__":

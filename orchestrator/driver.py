@@ -9,10 +9,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import grid, results
+from orchestrator import grid
+from orchestrator.lock import DriverLock
+from orchestrator.results import SweepStore
 from orchestrator.spec import SweepSpec
-from workers.config import ArtifactKey, TrialConfig
-from workers.storage import Storage, child_uri, is_uri
+from workers.artifacts import ArtifactStore
+from workers.config import ID_SCHEMA, ArtifactKey, TrialConfig
+from workers.graph import requires, stage_deps, stage_uses_accelerator
+from workers.naming import trial_name
+from workers.storage import is_uri
 
 log = logging.getLogger("ddsweep")
 
@@ -24,24 +29,40 @@ class Plan:
     pending: list[TrialConfig]
     stages: list[ArtifactKey]
     stages_missing: list[ArtifactKey]
+    stale: dict[str, str]  # rows written under an older trial-id rule: {file id: current id}
 
 
-def make_plan(spec: SweepSpec) -> Plan:
-    from workers.artifacts import ArtifactStore
+class StaleIds(Exception):
+    """The store holds rows of this sweep under an older trial-id rule: `ddsweep migrate` re-keys them."""
 
-    trials = grid.expand(spec)
-    done = results.done_ids(spec.storage, spec.name)
-    pending = [t for t in trials if t.trial_id not in done]
-    stages = grid.stages_for(pending)
-    store = ArtifactStore(child_uri(spec.storage, "artifacts"))
-    return Plan(
-        trials, done & {t.trial_id for t in trials}, pending, stages, [k for k in stages if not store.exists(k)]
+    def __init__(self, spec: SweepSpec, stale: dict[str, str]) -> None:
+        super().__init__(stale_message(spec, stale))
+
+
+def stale_message(spec: SweepSpec, stale: dict[str, str]) -> str:
+    return (
+        f"{len(stale)} finished row(s) of sweep {spec.name!r} in {spec.store().results_dir} were written under "
+        f"an older trial-id rule (before id schema {ID_SCHEMA}); their trials would run again. Re-key them with "
+        f"`ddsweep migrate {spec.source_path or 'SWEEP.yaml'}` (nothing is re-run or lost), then run again"
     )
 
 
-def save_spec_source(spec: SweepSpec) -> None:
-    st = Storage(spec.storage)
-    st.write_atomic(st.path(spec.name, "sweep.yaml"), spec.source.encode())
+def make_plan(spec: SweepSpec) -> Plan:
+    store = spec.store()
+    trials = grid.expand(spec)
+    ids = {t.trial_id for t in trials}
+    done = store.done_ids()
+    pending = [t for t in trials if t.trial_id not in done]
+    stages = grid.stages_for(pending)
+    artifacts = ArtifactStore(store.artifacts_uri)
+    return Plan(
+        trials,
+        done & ids,
+        pending,
+        stages,
+        [k for k in stages if not artifacts.exists(k)],
+        store.stale_rows(ids) if done - ids else {},
+    )
 
 
 def _say(msg: str) -> None:
@@ -86,8 +107,6 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
         stages.build(key, ArtifactStore(root))
         return str(key)
 
-    from workers.registry import stage_deps, stage_uses_accelerator
-
     t0 = time.time()
     _say(f"building {len(keys)} shared stage(s)")
     level: dict[ArtifactKey, int] = {}
@@ -128,20 +147,21 @@ def run(spec: SweepSpec, address: str | None = None, checkpoint_interval_s: floa
     """Run everything pending. Returns 0 when every trial has a row, 1 when some failed."""
     if not is_uri(spec.storage):  # workers run elsewhere (another cwd, another node): absolute paths only
         spec = _with_storage(spec, str(Path(spec.storage).resolve()))
-    from orchestrator.lock import DriverLock
+    store = spec.store()
+    with DriverLock(store.st, store.name):
+        return _run_locked(spec, store, address, checkpoint_interval_s)
 
-    with DriverLock(Storage(spec.storage), spec.name):
-        return _run_locked(spec, address, checkpoint_interval_s)
 
-
-def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: float) -> int:
-    results.clean_temporaries(spec.storage, spec.name)
+def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpoint_interval_s: float) -> int:
+    store.clean_temporaries()
     plan = make_plan(spec)
+    if plan.stale:
+        raise StaleIds(spec, plan.stale)
     _say(
         f"sweep {spec.name!r}: {len(plan.trials)} trials, {len(plan.done)} done, {len(plan.pending)} pending "
         f"(storage {spec.storage})"
     )
-    save_spec_source(spec)
+    store.save_spec(spec.source)
     if not plan.pending:
         _say("nothing to run")
         return 0
@@ -152,25 +172,25 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
 
     res = spec.resources
     failed_stages = build_stages(
-        plan.stages_missing, child_uri(spec.storage, "artifacts"), cpus=res.cpus_per_trial, gpus=res.gpus_per_trial
+        plan.stages_missing, store.artifacts_uri, cpus=res.cpus_per_trial, gpus=res.gpus_per_trial
     )
     if failed_stages:
-        plan.pending = _drop_trials_of_failed_stages(spec, plan.pending, failed_stages)
+        plan.pending = _drop_trials_of_failed_stages(store, plan.pending, failed_stages)
         if not plan.pending:
             _say("no trial can run: every pending trial needs a failed stage")
             return 1
 
     from orchestrator.trainable import trainable
 
-    st = Storage(spec.storage)
-    names = {t.trial_id: t.trial_name for t in plan.pending}
+    st = store.st
+    names = {t.trial_id: trial_name(t) for t in plan.pending}
     trials_json = {t.trial_id: json.dumps(t.to_json(), sort_keys=True) for t in plan.pending}
     fn = tune.with_resources(
         tune.with_parameters(
             trainable,
             trials_json=trials_json,
-            storage=spec.storage,
-            sweep=spec.name,
+            storage=store.storage,
+            sweep=store.name,
             num_threads=max(1, int(res.cpus_per_trial)),
             checkpoint_interval_s=checkpoint_interval_s,
         ),
@@ -187,7 +207,7 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
         ),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=st.path(spec.name, "tune"),
+            storage_path=store.path("tune"),
             storage_filesystem=None if st.local else st.fs,
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
             callbacks=[progress],
@@ -196,14 +216,14 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     )
     grid_results = tuner.fit()
     errored = [r.config["trial_id"] for r in grid_results if r.error is not None and r.config]
-    results.mark_failures_final(spec.storage, spec.name, errored)  # Tune gave up on these
-    done = results.done_ids(spec.storage, spec.name)
+    store.mark_failures_final(errored)  # Tune gave up on these
+    done = store.done_ids()
     missing = [t for t in plan.trials if t.trial_id not in done]
-    fails = {k: f for k, f in results.failures(spec.storage, spec.name).items() if f.get("final", True)}
+    fails = {k: f for k, f in store.failures().items() if f.get("final", True)}
     failed = [t for t in missing if t.trial_id in fails]
     _say(
         f"finished: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row"
-        + (f"; {len(failed)} failed (see {results.failures_dir(spec.storage, spec.name)})" if failed else "")
+        + (f"; {len(failed)} failed (see {store.failures_dir})" if failed else "")
         + (
             f"; {len(missing) - len(failed)} not finished (stopped); run again to continue"
             if len(missing) > len(failed)
@@ -213,18 +233,17 @@ def _run_locked(spec: SweepSpec, address: str | None, checkpoint_interval_s: flo
     for t in missing:
         f = fails.get(t.trial_id)
         if f:
-            _say(f"  FAILED {t.trial_name} after {f['attempt']} attempt(s): {f['error']}")
-    _say(f"rows: {results.results_dir(spec.storage, spec.name)}")
+            _say(f"  FAILED {trial_name(t)} after {f['attempt']} attempt(s): {f['error']}")
+    _say(f"rows: {store.results_dir}")
     if not address:
         ray.shutdown()
     return 0 if not missing else 1
 
 
 def _drop_trials_of_failed_stages(
-    spec: SweepSpec, pending: list[TrialConfig], failed: dict[ArtifactKey, str]
+    store: SweepStore, pending: list[TrialConfig], failed: dict[ArtifactKey, str]
 ) -> list[TrialConfig]:
     """Record trials whose stages failed as failures (failures/<trial_id>.json); return the others."""
-    from workers.registry import requires, stage_deps
 
     def closure(key: ArtifactKey) -> list[ArtifactKey]:
         return [key] + [k for d in stage_deps(key) for k in closure(d)]
@@ -233,7 +252,7 @@ def _drop_trials_of_failed_stages(
     for t in pending:
         bad = [k for r in requires(t) for k in closure(r) if k in failed]
         if bad:
-            results.record_failure(spec.storage, spec.name, t.trial_id, t.trial_name, 0, failed[bad[0]], "")
+            store.record_failure(t.trial_id, trial_name(t), 0, failed[bad[0]], "")
         else:
             keep.append(t)
     _say(f"{len(pending) - len(keep)} trial(s) skipped because a stage they need failed")

@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.spec import SweepSpec
 from workers.config import ArtifactKey, TrialConfig
-from workers.registry import needs_teacher, reads_dynamics, requires, stage_deps
+from workers.graph import needs_teacher, reads_dynamics, requires, stage_deps
 
 
 def _excluded(values: dict[str, Any], exclude) -> bool:

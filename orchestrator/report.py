@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator import results
 from orchestrator.spec import SweepSpec
 
 
@@ -12,7 +11,7 @@ def current_rows(spec: SweepSpec):
     """Rows of the trials in the current spec only (old rows of changed settings stay in the store)."""
     from orchestrator.grid import expand
 
-    return results.load(spec.storage, spec.name, trial_ids={t.trial_id for t in expand(spec)})
+    return spec.store().load(trial_ids={t.trial_id for t in expand(spec)})
 
 
 def selector_labels(df):
@@ -55,9 +54,7 @@ def write_report(spec: SweepSpec) -> str:
     """Writes report/accuracy.csv and report/accuracy_vs_ipc.png in the sweep folder; returns that folder."""
     import tempfile
 
-    from workers.storage import Storage
-
-    st = Storage(spec.storage)
+    store = spec.store()
     table = accuracy_table(current_rows(spec))
     files = {"accuracy.csv": table.to_csv(index=False).encode()}
     if not table.empty:
@@ -65,8 +62,8 @@ def write_report(spec: SweepSpec) -> str:
             _plot(table, Path(tmp) / "plot.png")
             files["accuracy_vs_ipc.png"] = (Path(tmp) / "plot.png").read_bytes()
     for name, data in files.items():
-        st.write_atomic(st.path(spec.name, "report", name), data)
-    return st.path(spec.name, "report")
+        store.st.write_atomic(store.path("report", name), data)
+    return store.path("report")
 
 
 def _plot(table, path: Path) -> None:
@@ -92,3 +89,28 @@ def _plot(table, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def best_window(df, selector: str = "el2n_window", option: str = "offset", by=("dataset", "ipc", "regime")):
+    """EL2N-Best (docs/methods.md §4.10): per (data set, IPC, regime) the window offset with the best mean
+    **minival** top-1 over seeds; its mean test top-1 is reported beside it and never used to choose.
+    Ties go to the smaller offset. Returns one row per group: by..., offset, minival_top1, top1, seeds,
+    candidates (how many offsets were compared)."""
+    import json
+
+    import pandas as pd
+
+    rows = df[df["selector"] == selector].copy()
+    cols = [*by, option, "minival_top1", "top1", "seeds", "candidates"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    rows[option] = rows["selector_options"].map(lambda s: json.loads(s)[option])
+    g = (
+        rows.groupby([*by, option])
+        .agg(minival_top1=("minival_top1", "mean"), top1=("top1", "mean"), seeds=("seed", "nunique"))
+        .reset_index()
+    )
+    g = g.sort_values([*by, "minival_top1", option], ascending=[True] * len(by) + [False, True])
+    best = g.groupby(list(by), sort=True).head(1).copy()
+    best["candidates"] = g.groupby(list(by))[option].transform("count").loc[best.index]
+    return best[cols].reset_index(drop=True)

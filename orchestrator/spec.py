@@ -1,17 +1,37 @@
-"""Sweep YAML -> SweepSpec (frozen dataclasses). Every problem is reported at once with its YAML path."""
+"""Sweep YAML -> SweepSpec (frozen dataclasses). Every problem is reported at once with its YAML path.
+
+The settings of each section are validated against the schemas the project declares once: the
+catalogue's option schemas (data sets, architectures, selectors), TRAIN_OPTIONS and TEACHER_OPTIONS
+(workers.config) and RESOURCE_OPTIONS here; this module only walks the YAML.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from workers.config import BUDGET_UNITS, BudgetConfig, DatasetConfig, Named, TeacherConfig, TrainConfig, _frozen_options
-from workers.registry import ARCHS, DATASETS, REGIMES, SELECTORS, describe_dataset, did_you_mean, needs_teacher
+from orchestrator.results import SweepStore
+from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
+from workers.config import (
+    BUDGET_UNITS,
+    TEACHER_OPTIONS,
+    TRAIN_OPTIONS,
+    BudgetConfig,
+    DatasetConfig,
+    Named,
+    TeacherConfig,
+    TrainConfig,
+    TrialConfig,
+    _frozen_options,
+    absolute_path_problem,
+)
+from workers.graph import needs_teacher
+from workers.options import Option, did_you_mean, resolve
 
 AXES = ("selector", "regime", "ipc", "seed")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -31,12 +51,6 @@ TOP_KEYS = (
     "exclude",
 )
 REQUIRED_TOP = ("name", "dataset", "student", "budget", "grid")
-TRAIN_CHOICES = {
-    "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("cosine", "half_cosine", "step", "constant"),
-    "augment": ("none", "crop", "crop_flip"),
-    "kd_backend": ("online", "stored"),
-}
 
 
 class SpecError(Exception):
@@ -49,12 +63,21 @@ class SpecError(Exception):
         super().__init__("\n".join([head] + [f"  - {p}" for p in problems]))
 
 
+RESOURCE_OPTIONS: dict[str, Option] = {
+    "gpus_per_trial": Option(0.0, float, "GPUs per trial and per network stage (fractions pack trials)", min=0.0),
+    "cpus_per_trial": Option(1.0, float, "CPUs per trial and per stage", min=0.0),
+    "max_concurrent": Option(None, int, "trials running at once at most (null: as many as fit)", min=1, nullable=True),
+    "max_failures": Option(2, int, "retries of a failed trial before it is recorded as failed", min=0),
+}
+_R = {k: o.default for k, o in RESOURCE_OPTIONS.items()}
+
+
 @dataclass(frozen=True)
 class Resources:
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: float = 1.0
-    max_concurrent: int | None = None
-    max_failures: int = 2
+    gpus_per_trial: float = _R["gpus_per_trial"]
+    cpus_per_trial: float = _R["cpus_per_trial"]
+    max_concurrent: int | None = _R["max_concurrent"]
+    max_failures: int = _R["max_failures"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +97,12 @@ class SweepSpec:
     teacher: TeacherConfig | None = None
     recipes: dict = field(default_factory=dict)  # regime -> TrainConfig; `train` is hl's, also used by score runs
     warnings: tuple[str, ...] = ()
-    source: str = ""
+    source: str = ""  # the YAML text
+    source_path: str | None = None  # the file it came from
+
+    def store(self) -> SweepStore:
+        """This sweep's folder in its storage: rows, failures, checkpoints, the lock (orchestrator.results)."""
+        return SweepStore(self.storage, self.name)
 
 
 class _NoDuplicateLoader(yaml.SafeLoader):
@@ -104,6 +132,12 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 
 _NoDuplicateLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "empty"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _type_name(value: Any) -> str:
@@ -149,6 +183,12 @@ class _Checker:
             return False
         return True
 
+    def settings(self, schema: dict[str, Option], given: dict, path: str, owner: str) -> dict[str, Any]:
+        """The settings the user gave, validated against `schema` (problems recorded) and coerced."""
+        _, problems = resolve(schema, given, path, owner)
+        self.problems += problems
+        return {k: schema[k].coerce(v) for k, v in given.items() if k in schema}
+
 
 def load_spec(path: str | Path, storage_override: str | None = None) -> SweepSpec:
     path = Path(path)
@@ -156,7 +196,8 @@ def load_spec(path: str | Path, storage_override: str | None = None) -> SweepSpe
         text = path.read_text()
     except OSError as err:
         raise SpecError([f"(file): cannot read {str(path)!r}: {err.strerror}"], str(path)) from None
-    return parse_spec(text, source=str(path), storage_override=storage_override)
+    spec = parse_spec(text, source=str(path), storage_override=storage_override)
+    return replace(spec, source_path=str(path))
 
 
 def parse_spec(text: str, source: str = "sweep", storage_override: str | None = None) -> SweepSpec:
@@ -179,21 +220,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
             f"{name!r} is not a valid sweep name; use 1-100 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit",
         )
-    storage = storage_override or doc.get("storage", DEFAULT_STORAGE)
-    if not isinstance(storage, str) or not storage.strip():
-        c.err("storage", f"{storage!r} is not a path; give a local or NFS folder such as ./ddsweep-runs")
-    elif "://" in storage:
-        try:
-            from workers.storage import Storage
-
-            Storage(storage)
-        except Exception as err:  # pyarrow: unknown scheme, bad query option, ...
-            c.err(
-                "storage",
-                f"{storage!r} is not a usable storage URI ({str(err).splitlines()[0]}); give a "
-                "local/NFS path or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]",
-            )
-
+    storage = _storage(c, storage_override or doc.get("storage", DEFAULT_STORAGE))
     dataset, ds_info = _dataset(c, doc.get("dataset")) if "dataset" in doc else (None, None)
     student = _named_with_options(c, doc.get("student"), "student", ARCHS, "arch") if "student" in doc else None
     _convnet_fits(c, student, ds_info, "student")
@@ -207,9 +234,24 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
     warnings: list[str] = []
     if axes and dataset and budget and student:
-        _selector_rules(c, warnings, axes, dataset, student, budget, train, teacher)
+        _selector_rules(
+            c,
+            warnings,
+            axes,
+            TrialConfig(
+                dataset=dataset,
+                student=student,
+                selector=Named("random"),
+                regime="hl",
+                ipc=1,
+                seed=0,
+                budget=budget,
+                train=train,
+                teacher=teacher,
+            ),
+        )
     if axes:
-        users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].meta.get("needs_teacher")]
+        users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].needs_teacher]
         users += [f"selector {s.name!r}" for s in axes["selector"] if needs_teacher(s, "hl")]
         if users and "teacher" not in doc:
             c.err(
@@ -222,7 +264,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
             if r != "hl" and t.optimizer == "sgd" and not t.t2_scale:
                 warnings.append(
                     f"train.{r}: SGD with soft labels and t2_scale: false divides the effective learning "
-                    f"rate by T^2 = {t.temperature**2:g} (METHODS.md §1.4)"
+                    f"rate by T^2 = {t.temperature**2:g} (docs/methods.md §1.4)"
                 )
 
     if c.problems:
@@ -247,34 +289,36 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     )
 
 
-def _selector_rules(c: _Checker, warnings: list[str], axes: dict, dataset, student, budget, train, teacher) -> None:
+def _storage(c: _Checker, storage: Any) -> Any:
+    if not isinstance(storage, str) or not storage.strip():
+        c.err("storage", f"{storage!r} is not a path; give a local or NFS folder such as ./ddsweep-runs")
+    elif "://" in storage:
+        from workers.storage import Storage
+
+        try:
+            Storage(storage)
+        except Exception as err:  # pyarrow: unknown scheme, bad query option, ...
+            c.err(
+                "storage",
+                f"{storage!r} is not a usable storage URI ({str(err).splitlines()[0]}); give a "
+                "local/NFS path or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]",
+            )
+    return storage
+
+
+def _selector_rules(c: _Checker, warnings: list[str], axes: dict, base: TrialConfig) -> None:
     """Method-specific checks that need the whole trial (errors: `validate`, e.g. RDED's pool size; warnings:
     `advise`, e.g. CAD's scoring run raised to J + W epochs), first offending IPC per selector."""
-    from workers.config import TrialConfig
-
     for i, sel in enumerate(axes["selector"]):
-        for kind in ("validate", "advise"):
-            rule = SELECTORS[sel.name].meta.get(kind)
+        entry = SELECTORS[sel.name]
+        for rule, is_error in ((entry.validate, True), (entry.advise, False)):
             for ipc in axes["ipc"] if rule else ():
-                msg = rule(
-                    sel,
-                    TrialConfig(
-                        dataset=dataset,
-                        student=student,
-                        selector=sel,
-                        regime="hl",
-                        ipc=ipc,
-                        seed=0,
-                        budget=budget,
-                        train=train,
-                        teacher=teacher,
-                    ),
-                )
-                if msg and kind == "validate":
-                    c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
-                    break
+                msg = rule(sel, replace(base, selector=sel, ipc=ipc))
                 if msg:
-                    warnings.append(f"grid.selector[{i}]: {sel.label()}: {msg}")
+                    if is_error:
+                        c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
+                    else:
+                        warnings.append(f"grid.selector[{i}]: {sel.label()}: {msg}")
                     break
 
 
@@ -289,46 +333,21 @@ def _convnet_fits(c: _Checker, net: Named | None, ds_info: dict | None, path: st
             )
 
 
-TEACHER_KEYS = tuple(f for f in TeacherConfig.__dataclass_fields__ if f not in ("arch", "weights_sha256"))
-
-
-def _relative(path: str) -> str:
-    # Not resolved for the user: under `ray job submit --working-dir` the driver's folder is Ray's package
-    # folder, whose name changes with every upload, and the path is part of trial ids and artifact keys.
-    return (
-        f"{path!r} is relative; trials and stages run in other folders and on other nodes, so give the "
-        f"absolute path (here that would be {str(Path(path).resolve())!r}), the same on every node"
-    )
-
-
 def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | None:
+    """`teacher:` holds the arch and its options, and the teacher recipe (TEACHER_OPTIONS)."""
     d = c.mapping(value, "teacher", None, ("arch",))
     if d is None:
         return None
-    recipe = {k: v for k, v in d.items() if k in TEACHER_KEYS}
-    arch = _named_with_options(c, {k: v for k, v in d.items() if k not in TEACHER_KEYS}, "teacher", ARCHS, "arch")
     before = len(c.problems)
+    recipe = c.settings(TEACHER_OPTIONS, {k: v for k, v in d.items() if k in TEACHER_OPTIONS}, "teacher", "the teacher")
+    arch = _named_with_options(c, {k: v for k, v in d.items() if k not in TEACHER_OPTIONS}, "teacher", ARCHS, "arch")
     _convnet_fits(c, arch, ds_info, "teacher")
-    w = recipe.get("weights")
-    if w is not None and (not isinstance(w, str) or not Path(w).is_file()):
-        c.err("teacher.weights", f"{w!r} is not an existing file; give the path of a local state_dict (.pt/.pth)")
-    elif w is not None and not Path(w).is_absolute():
-        c.err("teacher.weights", _relative(w))
-    for key in ("epochs", "batch_size", "seed"):
-        if key in recipe:
-            c.number(recipe[key], f"teacher.{key}", integer=True, minimum=0 if key == "seed" else 1)
-    for key in ("lr", "weight_decay", "min_top1_factor"):
-        if key in recipe and c.number(recipe[key], f"teacher.{key}", minimum=0, exclusive=key == "lr"):
-            recipe[key] = float(recipe[key])
-    for key in ("optimizer", "augment"):
-        if key in recipe and recipe[key] not in TRAIN_CHOICES[key]:
-            c.err(f"teacher.{key}", f"{recipe[key]!r} is not allowed; choose one of {', '.join(TRAIN_CHOICES[key])}")
     if arch is None or len(c.problems) > before:
         return None
-    if w is not None:
+    if recipe.get("weights") is not None:
         from workers.artifacts import sha256_file
 
-        recipe["weights_sha256"] = sha256_file(Path(w))
+        recipe["weights_sha256"] = sha256_file(Path(recipe["weights"]))
     return TeacherConfig(arch=arch, **recipe)
 
 
@@ -338,20 +357,20 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
         return None, None
     name = d["name"]
     if not isinstance(name, str) or name not in DATASETS:
-        c.err("dataset.name", DATASETS.unknown(name, "dataset.name").split(": ", 1)[1])
+        c.err("dataset.name", DATASETS.unknown(name))
         return None, None
     root = d.get("root")
     if root is not None and not isinstance(root, str):
         c.err("dataset.root", f"{root!r} is not a path")
         return None, None
-    if DATASETS[name].meta.get("needs_root") and not root:
+    if DATASETS[name].needs_root and not root:
         c.err("dataset.root", f"is required for {name}: the folder that holds train/ and val/")
         return None, None
     if root is not None and not Path(root).is_dir():
         c.err("dataset.root", f"{root!r} is not an existing folder")
         return None, None
-    if root is not None and not Path(root).is_absolute():
-        c.err("dataset.root", _relative(root))
+    if root is not None and absolute_path_problem(root):
+        c.err("dataset.root", f"{root!r} {absolute_path_problem(root)}")
         return None, None
     given = {k: v for k, v in d.items() if k not in ("name", "root")}
     before = len(c.problems)
@@ -361,7 +380,7 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
         return None, None
     cfg = DatasetConfig(name=name, root=root, options=_frozen_options(opts))
     try:
-        info = describe_dataset(name, root, opts)
+        info = dataset_facts(name, root, opts)
     except Exception as err:  # a DataError from the loader: a path or layout the user can fix
         msg = str(err)
         c.err(*(msg.split(": ", 1) if msg.startswith("dataset.") else ("dataset", msg)))
@@ -375,7 +394,7 @@ def _named_with_options(c: _Checker, value: Any, path: str, registry, key: str) 
         return None
     name = d[key]
     if not isinstance(name, str) or name not in registry:
-        c.err(f"{path}.{key}", registry.unknown(name, "x").split(": ", 1)[1])
+        c.err(f"{path}.{key}", registry.unknown(name))
         return None
     opts, problems = registry[name].resolve({k: v for k, v in d.items() if k != key}, path)
     c.problems += problems
@@ -407,7 +426,7 @@ def _selector_defaults(c: _Checker, value: Any) -> dict[str, dict]:
     out = {}
     for name, opts in (d or {}).items():
         if name not in SELECTORS:
-            c.err(f"selectors.{name}", SELECTORS.unknown(name, "x").split(": ", 1)[1])
+            c.err(f"selectors.{name}", SELECTORS.unknown(name))
         elif c.mapping(opts if opts is not None else {}, f"selectors.{name}", None) is not None:
             _, problems = SELECTORS[name].resolve(opts, f"selectors.{name}")
             c.problems += problems
@@ -434,46 +453,23 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
     g = c.mapping(value, "grid", AXES, AXES, " with the axes selector, regime, ipc, seed")
     if g is None:
         return None
-    out: dict[str, tuple] = {}
-    where: dict[str, list[int]] = {axis: [] for axis in AXES}  # YAML index of each kept value
     before = len(c.problems)
+    kept: dict[str, list[tuple[int, Any]]] = {axis: [] for axis in AXES}  # (YAML index, value)
 
-    sels = []
     for i, item in enumerate(_axis_list(c, g, "selector") or []):
-        path = f"grid.selector[{i}]"
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            c.err(path, f"{item!r} is not a selector; write a name (random) or a mapping {{name: ..., option: ...}}")
-            continue
-        name = item["name"]
-        if name not in SELECTORS:
-            c.err(path, SELECTORS.unknown(name, "x").split(": ", 1)[1])
-            continue
-        given = {**selector_defaults.get(name, {}), **{k: v for k, v in item.items() if k != "name"}}
-        opts, problems = SELECTORS[name].resolve(given, path)
-        c.problems += problems
-        if problems:
-            continue
-        sels.append(Named.make(name, opts))
-        where["selector"].append(i)
-    out["selector"] = tuple(sels)
-
-    regimes = []
+        sel = _selector(c, item, f"grid.selector[{i}]", selector_defaults)
+        if sel is not None:
+            kept["selector"].append((i, sel))
     for i, r in enumerate(_axis_list(c, g, "regime") or []):
         if not isinstance(r, str) or r not in REGIMES:
-            c.err(f"grid.regime[{i}]", REGIMES.unknown(r, "x").split(": ", 1)[1])
+            c.err(f"grid.regime[{i}]", REGIMES.unknown(r))
         else:
-            regimes.append(r)
-            where["regime"].append(i)
-    out["regime"] = tuple(regimes)
-
+            kept["regime"].append((i, r))
     smallest = None
     if ds_info:
         sizes = ds_info["train_class_sizes"]
         k = min(range(len(sizes)), key=sizes.__getitem__)
         smallest = (sizes[k], ds_info["class_names"][k])
-    ipcs = []
     for i, v in enumerate(_axis_list(c, g, "ipc") or []):
         if c.number(v, f"grid.ipc[{i}]", integer=True, minimum=1):
             if smallest and v > smallest[0]:
@@ -483,93 +479,60 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
                     f"class {smallest[1]!r}); use ipc <= {smallest[0]}",
                 )
             else:
-                ipcs.append(v)
-                where["ipc"].append(i)
-    out["ipc"] = tuple(ipcs)
-
-    seeds = []
+                kept["ipc"].append((i, v))
     for i, v in enumerate(_axis_list(c, g, "seed") or []):
         if c.number(v, f"grid.seed[{i}]", integer=True, minimum=0):
-            seeds.append(v)
-            where["seed"].append(i)
-    out["seed"] = tuple(seeds)
+            kept["seed"].append((i, v))
 
-    for axis, vals in out.items():
+    for axis, pairs in kept.items():
         seen: dict[Any, int] = {}
-        for i, v in zip(where[axis], vals):
+        for i, v in pairs:
             if v in seen:
                 shown = v.label() if isinstance(v, Named) else repr(v)
                 c.err(f"grid.{axis}[{i}]", f"{shown} repeats grid.{axis}[{seen[v]}]; list each value once")
             seen.setdefault(v, i)
+    out = {axis: tuple(v for _, v in pairs) for axis, pairs in kept.items()}
     return out if len(c.problems) == before else None
 
 
-def _train_fields(c: _Checker, d: dict, prefix: str) -> dict[str, Any]:
-    good = {}
-    for f in fields(TrainConfig):
-        if f.name not in d:
-            continue
-        v, path = d[f.name], f"{prefix}.{f.name}"
-        if f.name in TRAIN_CHOICES:
-            if v not in TRAIN_CHOICES[f.name]:
-                c.err(path, f"{v!r} is not allowed; choose one of {', '.join(TRAIN_CHOICES[f.name])}")
-                continue
-        elif f.name == "t2_scale":
-            if not isinstance(v, bool):
-                c.err(path, f"{v!r} is not true or false")
-                continue
-        elif f.name in ("batch_size", "eval_points"):
-            if not c.number(v, path, integer=True, minimum=1):
-                continue
-        elif f.name == "kd_topk":  # an int (0 = keep all logits); a float would reach Tensor.topk
-            if not c.number(v, path, integer=True, minimum=0):
-                continue
-        elif f.name in ("lr", "temperature"):
-            if not c.number(v, path, minimum=0, exclusive=True):
-                continue
-            v = float(v)
-        elif not c.number(v, path, minimum=0):
-            continue
-        else:
-            v = float(v)
-        good[f.name] = v
-    return good
+def _selector(c: _Checker, item: Any, path: str, selector_defaults: dict[str, dict]) -> Named | None:
+    """A grid entry `name` or `{name: ..., option: ...}`, over the sweep's `selectors:` defaults."""
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        c.err(path, f"{item!r} is not a selector; write a name (random) or a mapping {{name: ..., option: ...}}")
+        return None
+    name = item["name"]
+    if name not in SELECTORS:
+        c.err(path, SELECTORS.unknown(name))
+        return None
+    given = {**selector_defaults.get(name, {}), **{k: v for k, v in item.items() if k != "name"}}
+    opts, problems = SELECTORS[name].resolve(given, path)
+    c.problems += problems
+    return None if problems else Named.make(name, opts)
 
 
 def _train(c: _Checker, value: Any) -> dict[str, TrainConfig]:
-    """One recipe per regime: the regime's METHODS.md defaults < `train:` < `train.<regime>:`."""
-    allowed = tuple(f.name for f in fields(TrainConfig)) + tuple(REGIMES.names())
-    d = c.mapping(value if value is not None else {}, "train", allowed) or {}
-    common = _train_fields(c, d, "train")
+    """One recipe per regime: the regime's declared recipe < `train:` < `train.<regime>:` (TRAIN_OPTIONS)."""
+    d = c.mapping(value if value is not None else {}, "train", tuple(TRAIN_OPTIONS) + tuple(REGIMES.names())) or {}
+    common = c.settings(
+        TRAIN_OPTIONS, {k: v for k, v in d.items() if k in TRAIN_OPTIONS}, "train", "the student recipe"
+    )
     recipes = {}
     for r in REGIMES.names():
-        own = (
-            c.mapping(
-                d.get(r) if d.get(r) is not None else {}, f"train.{r}", tuple(f.name for f in fields(TrainConfig))
-            )
-            or {}
+        own = c.mapping(d.get(r) if d.get(r) is not None else {}, f"train.{r}", tuple(TRAIN_OPTIONS)) or {}
+        own = c.settings(
+            TRAIN_OPTIONS, {k: v for k, v in own.items() if k in TRAIN_OPTIONS}, f"train.{r}", f"the {r} recipe"
         )
-        recipes[r] = TrainConfig(
-            **{**REGIMES[r].meta.get("recipe", {}), **common, **_train_fields(c, own, f"train.{r}")}
-        )
+        recipes[r] = TrainConfig(**{**REGIMES[r].recipe, **common, **own})
     return recipes
 
 
 def _resources(c: _Checker, value: Any) -> Resources:
-    allowed = tuple(f.name for f in fields(Resources))
-    d = c.mapping(value if value is not None else {}, "resources", allowed) or {}
-    good: dict[str, Any] = {}
-    for key in ("gpus_per_trial", "cpus_per_trial"):
-        if key in d and c.number(d[key], f"resources.{key}", minimum=0):
-            good[key] = float(d[key])
+    d = c.mapping(value if value is not None else {}, "resources", tuple(RESOURCE_OPTIONS)) or {}
+    good = c.settings(RESOURCE_OPTIONS, {k: v for k, v in d.items() if k in RESOURCE_OPTIONS}, "resources", "resources")
     if good.get("gpus_per_trial", 0) == 0 and good.get("cpus_per_trial", 1) == 0:
         c.err("resources.cpus_per_trial", "0 with gpus_per_trial 0 would schedule unlimited trials; give >= 0.1")
-    if d.get("max_concurrent") is not None and c.number(
-        d["max_concurrent"], "resources.max_concurrent", integer=True, minimum=1
-    ):
-        good["max_concurrent"] = d["max_concurrent"]
-    if "max_failures" in d and c.number(d["max_failures"], "resources.max_failures", integer=True, minimum=0):
-        good["max_failures"] = d["max_failures"]
     return Resources(**good)
 
 

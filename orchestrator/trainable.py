@@ -10,10 +10,11 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any
 
-from orchestrator import results
+from orchestrator.results import SweepStore
 from workers import __version__
-from workers.config import TrialConfig, canonical_json
-from workers.storage import Storage, child_uri
+from workers.config import ID_SCHEMA, TrialConfig, canonical_json
+from workers.naming import trial_name
+from workers.storage import Storage
 
 
 def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: int, started_at: datetime) -> dict:
@@ -23,7 +24,7 @@ def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: in
     return {
         "sweep": sweep,
         "trial_id": cfg.trial_id,
-        "trial_name": cfg.trial_name,
+        "trial_name": trial_name(cfg),
         "selector": cfg.selector.name,
         "selector_options": json.dumps(cfg.selector.opts, sort_keys=True),
         "regime": cfg.regime,
@@ -39,6 +40,7 @@ def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: in
         "ray_version": ray.__version__,
         "config_json": canonical_json(cfg.to_json()),
         "history_json": json.dumps(history),
+        "id_schema": ID_SCHEMA,
     }
 
 
@@ -67,14 +69,15 @@ def run_one(
     """Run a trial unless its row exists. Returns the row written, or None when there was nothing to do."""
     from workers.trial import TrialContext, clear_checkpoint, run_trial
 
-    if results.has_row(storage, sweep, trial_id):  # relaunched after its row was published
+    store = SweepStore(storage, sweep)
+    if store.has_row(trial_id):  # relaunched after its row was published
         return None
     cfg = TrialConfig.from_json(json.loads(trials_json[trial_id]))
-    ckpt = child_uri(storage, sweep, "checkpoints", trial_id)
+    ckpt = store.checkpoint_uri(trial_id)
     attempt = count_attempt(ckpt)
     started_at = datetime.now(timezone.utc)
     ctx = TrialContext(
-        artifacts_root=child_uri(storage, "artifacts"),
+        artifacts_root=store.artifacts_uri,
         checkpoint_dir=ckpt,
         report=report,
         num_threads=num_threads,
@@ -83,11 +86,9 @@ def run_one(
     try:
         metrics = run_trial(cfg, ctx)
     except Exception as err:
-        results.record_failure(
-            storage,
-            sweep,
+        store.record_failure(
             trial_id,
-            cfg.trial_name,
+            trial_name(cfg),
             attempt,
             f"{type(err).__name__}: {err}",
             traceback.format_exc(),
@@ -95,9 +96,9 @@ def run_one(
         )  # Tune may retry; the driver decides
         raise
     row = build_row(sweep, cfg, metrics, attempt, started_at)
-    results.write_row(storage, sweep, row)
+    store.write_row(row)
     clear_checkpoint(ctx)
-    results.clear_failure(storage, sweep, trial_id)
+    store.clear_failure(trial_id)
     return row
 
 

@@ -166,12 +166,14 @@ def check_sweep_files(r: Recipes) -> list[str]:
 def stop_env_problems(where: str, env: dict) -> list[str]:
     problems = []
     if env.get("RAY_JOB_STOP_SIGNAL") != "SIGINT":
-        problems.append(f"{where}: RAY_JOB_STOP_SIGNAL={env.get('RAY_JOB_STOP_SIGNAL')!r}, want SIGINT (RAY.md §2)")
+        problems.append(
+            f"{where}: RAY_JOB_STOP_SIGNAL={env.get('RAY_JOB_STOP_SIGNAL')!r}, want SIGINT (docs/ray.md §2)"
+        )
     wait = env.get("RAY_JOB_STOP_WAIT_TIME_S")
     if not isinstance(wait, str):  # runtime_env env_vars must be strings
         problems.append(f"{where}: RAY_JOB_STOP_WAIT_TIME_S={wait!r} is not a string")
     elif not re.fullmatch(r"\d+(\.\d+)?", wait) or float(wait) < 120:
-        problems.append(f"{where}: RAY_JOB_STOP_WAIT_TIME_S={wait!r}, want >= 120 (RAY.md §2)")
+        problems.append(f"{where}: RAY_JOB_STOP_WAIT_TIME_S={wait!r}, want >= 120 (docs/ray.md §2)")
     return problems
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from workers.config import ArtifactKey
+from workers.data import DataError
+from workers.storage import Storage
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -76,8 +78,6 @@ class ArtifactStore:
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
-        from workers.storage import Storage
-
         self.st = Storage(root)
         if self.st.local:
             self.root = Path(self.st.base)
@@ -113,6 +113,16 @@ class ArtifactStore:
 
     def exists(self, key: ArtifactKey) -> bool:
         return self.manifest(key) is not None
+
+    def check_classes(self, key: ArtifactKey, class_names) -> None:
+        """Every artifact records the class list it was built for; using one built for another class order
+        is an error (docs/methods.md §3: a wrong class order silently costs 10-40 points)."""
+        manifest = self.manifest(key)
+        if manifest is None:
+            raise FileNotFoundError(f"artifact {key} is not built in {self.st.uri} (workers.stages.build builds it)")
+        got = manifest.get("class_names")
+        if got != list(class_names):
+            raise DataError(f"artifact {key} was built for classes {got}, the data set has {list(class_names)}")
 
     def verify(self, key: ArtifactKey) -> bool:
         """True when every file listed in the manifest is present with its recorded checksum."""

@@ -1,4 +1,4 @@
-"""The compute budget in its three units (DESIGN.md §3, METHODS.md §2). No torch.
+"""The compute budget in its three units (docs/methods.md §2). No torch.
 
 A trial walks epochs over its subset; each epoch is a fresh permutation cut into batches of
 `batch` (the last one smaller). Training stops once the budget's images are seen: the last
@@ -71,3 +71,11 @@ def plan(budget: BudgetConfig, n_subset: int, n_full: int, batch: int, n_data: i
     full, rest = divmod(images, n_data)
     steps = full * per_epoch + math.ceil(rest / batch)
     return BudgetPlan(images, steps, images / n_data, images / n_full, n_data, n_full)
+
+
+def full_data_epochs(images_seen: int, n_full: int) -> int:
+    """Images seen as whole full-data epochs, rounded half up (2.5 -> 3; Python's round() would give 2):
+    the length of a scoring run that gets a trial's compute (CAD-Prune's K, docs/methods.md §2.4)."""
+    if n_full <= 0:
+        raise ValueError(f"n_full must be positive, got {n_full}")
+    return (2 * images_seen + n_full) // (2 * n_full)

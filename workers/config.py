@@ -1,15 +1,29 @@
-"""Fully resolved trial configuration: frozen dataclasses, canonical JSON and stable ids. No torch."""
+"""Fully resolved trial configuration: frozen dataclasses, their settings' schemas, canonical JSON, trial ids.
+
+No torch. The recipe settings (`TRAIN_OPTIONS`, `TEACHER_OPTIONS`) and the accepted optimizers,
+augmentations and KD back-ends are declared here once; the sweep validator and the training code
+both read them. The trial-id rule is docs/design.md §5.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+from workers.options import Option
+from workers.schedules import SCHEDULES
+
 BUDGET_UNITS = ("epochs", "full_epochs", "steps")
-REGIMES = ("hl", "sl", "sl_kd")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+KD_BACKENDS = ("online", "stored")
+SOFT = ("sl", "sl_kd")  # the regimes that read soft-label settings
 
 
 def canonical_json(obj: Any) -> str:
@@ -64,10 +78,14 @@ class DatasetConfig:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "root": self.root, "options": dict(self.options)}
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> DatasetConfig:
+        return cls(name=d["name"], root=d.get("root"), options=_frozen_options(d.get("options")))
+
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """How much compute the student gets (DESIGN.md §3, METHODS.md §2): one unit, one value."""
+    """How much compute the student gets (docs/design.md §3, docs/methods.md §2): one unit, one value."""
 
     unit: str
     value: float
@@ -76,29 +94,86 @@ class BudgetConfig:
         return {"unit": self.unit, "value": self.value}
 
 
-# Fields of TrainConfig that only soft-label regimes read; each regime declares which it reads
-# (workers.registry REGIMES, `label_fields`), and a trial's id covers only those.
-LABEL_FIELDS = ("temperature", "t2_scale", "kd_backend", "kd_topk", "kd_min_scale")
+# The student recipe. `only_for`: settings only these regimes read; a trial's id leaves out the others,
+# so changing the temperature re-runs soft-label trials only. A new regime that reads a soft-label
+# setting is added to its `only_for`.
+TRAIN_OPTIONS: dict[str, Option] = {
+    "optimizer": Option("adamw", str, "the optimiser", choices=OPTIMIZERS),
+    "lr": Option(0.001, float, "the base learning rate", above=0.0),
+    "weight_decay": Option(0.01, float, "weight decay (decoupled for adamw)", min=0.0),
+    "momentum": Option(0.9, float, "SGD momentum (sgd only)", min=0.0),
+    "batch_size": Option(64, int, "images per step", min=1),
+    "schedule": Option("cosine", str, "the learning-rate schedule over the trial's steps", choices=tuple(SCHEDULES)),
+    "temperature": Option(20.0, float, "the KD temperature T", above=0.0, only_for=SOFT),
+    "t2_scale": Option(False, bool, "multiply the KL loss by T^2", only_for=SOFT),
+    "augment": Option("crop", str, "views for hl/sl training", choices=AUGMENTATIONS),
+    "eval_points": Option(4, int, "evaluations spread over training", min=1),
+    "kd_backend": Option(
+        "online", str, "sl_kd teacher labels: online or stored", choices=KD_BACKENDS, only_for=("sl_kd",)
+    ),
+    "kd_topk": Option(0, int, "sl_kd stored: keep the k largest logits per view (0 = all)", min=0, only_for=("sl_kd",)),
+    "kd_min_scale": Option(
+        0.08, float, "sl_kd views: RandomResizedCrop scale lower bound", above=0.0, max=1.0, only_for=("sl_kd",)
+    ),
+}
+_T = {k: o.default for k, o in TRAIN_OPTIONS.items()}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = "adamw"
-    lr: float = 0.001
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    batch_size: int = 64
-    schedule: str = "cosine"
-    temperature: float = 20.0
-    t2_scale: bool = False
-    augment: str = "crop"
-    eval_points: int = 4
-    kd_backend: str = "online"
-    kd_topk: int = 0
-    kd_min_scale: float = 0.08
+    """A student (or score-run) recipe; the defaults and rules are TRAIN_OPTIONS'."""
+
+    optimizer: str = _T["optimizer"]
+    lr: float = _T["lr"]
+    weight_decay: float = _T["weight_decay"]
+    momentum: float = _T["momentum"]
+    batch_size: int = _T["batch_size"]
+    schedule: str = _T["schedule"]
+    temperature: float = _T["temperature"]
+    t2_scale: bool = _T["t2_scale"]
+    augment: str = _T["augment"]
+    eval_points: int = _T["eval_points"]
+    kd_backend: str = _T["kd_backend"]
+    kd_topk: int = _T["kd_topk"]
+    kd_min_scale: float = _T["kd_min_scale"]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def absolute_path_problem(path: str) -> str | None:
+    """Paths in a sweep (data root, teacher weights) must be absolute. Not resolved for the user: under
+    `ray job submit --working-dir` the driver's folder is Ray's package folder, whose name changes with
+    every upload, and the path is part of trial ids and artifact keys."""
+    if Path(path).is_absolute():
+        return None
+    return (
+        f"is relative; trials and stages run in other folders and on other nodes, so give the absolute "
+        f"path (here that would be {str(Path(path).resolve())!r}), the same on every node"
+    )
+
+
+def _weights_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not Path(value).is_file():
+        return "is not an existing file; give the path of a local state_dict (.pt/.pth)"
+    return absolute_path_problem(value)
+
+
+# The teacher recipe (besides its arch and the arch's options).
+TEACHER_OPTIONS: dict[str, Option] = {
+    "weights": Option(
+        None, str, "a local state_dict file; null = train the teacher here", nullable=True, check=_weights_problem
+    ),
+    "epochs": Option(30, int, "training epochs when trained here", min=1),
+    "optimizer": Option("adamw", str, "the optimiser when trained here", choices=OPTIMIZERS),
+    "lr": Option(0.003, float, "learning rate when trained here", above=0.0),
+    "weight_decay": Option(0.0005, float, "weight decay when trained here", min=0.0),
+    "batch_size": Option(64, int, "batch size when trained here", min=1),
+    "augment": Option("crop", str, "views when trained here", choices=AUGMENTATIONS),
+    "seed": Option(0, int, "the teacher's own seed (init, order, views)", min=0),
+    "min_top1_factor": Option(5.0, float, "refuse a teacher whose minival top-1 is below this x chance", min=0.0),
+}
+_TT = {k: o.default for k, o in TEACHER_OPTIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -106,16 +181,16 @@ class TeacherConfig:
     """A teacher: loaded from a local weights file, or trained on the full train split with this recipe."""
 
     arch: Named
-    weights: str | None = None
+    weights: str | None = _TT["weights"]
     weights_sha256: str | None = None  # filled by the spec: a changed file at the same path is a new teacher
-    epochs: int = 30
-    optimizer: str = "adamw"
-    lr: float = 0.003
-    weight_decay: float = 0.0005
-    batch_size: int = 64
-    augment: str = "crop"
-    seed: int = 0
-    min_top1_factor: float = 5.0
+    epochs: int = _TT["epochs"]
+    optimizer: str = _TT["optimizer"]
+    lr: float = _TT["lr"]
+    weight_decay: float = _TT["weight_decay"]
+    batch_size: int = _TT["batch_size"]
+    augment: str = _TT["augment"]
+    seed: int = _TT["seed"]
+    min_top1_factor: float = _TT["min_top1_factor"]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,43 +234,17 @@ class TrialConfig:
         }
 
     def identity(self) -> dict[str, Any]:
-        """What the id hashes: everything, less the soft-label fields the trial's regime never reads (so
-        changing `train.temperature` re-runs sl and sl_kd trials, not hl ones, nor their score runs)."""
-        from workers.registry import REGIMES
+        """What the id hashes (docs/design.md §5): `trial_identity(self.to_json())`."""
+        return trial_identity(self.to_json())
 
-        reads = REGIMES[self.regime].meta.get("label_fields", LABEL_FIELDS) if self.regime in REGIMES else LABEL_FIELDS
-        d = self.to_json()
-        d["train"] = {k: v for k, v in d["train"].items() if k not in LABEL_FIELDS or k in reads}
-        if "scoring" in d:  # score runs train with hard labels
-            d["scoring"] = {k: v for k, v in d["scoring"].items() if k not in LABEL_FIELDS}
-        return d
-
-    @property
+    @cached_property
     def trial_id(self) -> str:
         return short_hash(self.identity())
 
-    @property
-    def trial_name(self) -> str:
-        """For people: `el2n_window-offset0.8-hl-ipc10-s0`; only selector options that differ from their
-        registry defaults are spelled out (the id covers all of them)."""
-        from workers.registry import SELECTORS
-
-        entry = SELECTORS[self.selector.name] if self.selector.name in SELECTORS else None
-        sel = self.selector.name
-        changed = [
-            (k, v)
-            for k, v in self.selector.options
-            if entry is None or k not in entry.options or entry.options[k].default != v
-        ]
-        if changed:
-            sel += "-" + "-".join(f"{k}{v}" for k, v in changed)
-        return f"{sel}-{self.regime}-ipc{self.ipc}-s{self.seed}"
-
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TrialConfig:
-        ds = d["dataset"]
         return cls(
-            dataset=DatasetConfig(name=ds["name"], root=ds.get("root"), options=_frozen_options(ds.get("options"))),
+            dataset=DatasetConfig.from_json(d["dataset"]),
             student=Named.make(d["student"]["name"], d["student"].get("options")),
             selector=Named.make(d["selector"]["name"], d["selector"].get("options")),
             regime=d["regime"],
@@ -223,7 +272,7 @@ class ArtifactKey:
     def cfg(self) -> dict[str, Any]:
         return json.loads(self.config_json)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return short_hash({"kind": self.kind, "config": self.cfg})
 
@@ -233,3 +282,54 @@ class ArtifactKey:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.digest}"
+
+
+# ---------------------------------------------------------------- the trial-id rule (docs/design.md §5)
+# Schema 1: sha256 of the canonical JSON of the trial's config, less the settings its regime never reads.
+# A later schema adds "id_schema": N to what is hashed, and `ddsweep migrate` re-keys a store.
+ID_SCHEMA = 1
+
+# Settings added after schema 1, each with the value that reproduces the behaviour from before it existed.
+# While a setting holds that value it is left out of the identity, so adding it leaves every existing id
+# unchanged. Keys are paths into TrialConfig.to_json(): ("train", key), ("scoring", key), ("teacher", key),
+# (field,) for a new top-level field, and (section, name, option) for the options of a named entry:
+# ("selector", "el2n", "schedule_epochs"), ("student", "resnet18", ...), ("dataset", "imagefolder", ...).
+# A setting added without an entry here changes ids, and the golden-id test (tests/test_trial_ids.py) fails.
+NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {}
+
+
+def trial_identity(d: Mapping[str, Any], neutral: Mapping[tuple[str, ...], Any] | None = None) -> dict[str, Any]:
+    """The part of a trial's config JSON its id hashes: everything, less the recipe settings its regime
+    never reads (TRAIN_OPTIONS `only_for`; score runs train with hard labels, so their recipe drops every
+    soft-label setting), less settings added after schema 1 that hold their neutral value."""
+    d = copy.deepcopy(dict(d))
+    regime = d.get("regime")
+    d["train"] = {k: v for k, v in d["train"].items() if _reads(k, regime)}
+    if d.get("scoring") is not None:
+        d["scoring"] = {k: v for k, v in d["scoring"].items() if _reads(k, "hl")}
+    for path, value in (NEUTRAL_SINCE_SCHEMA_1 if neutral is None else neutral).items():
+        _drop_if(d, path, value)
+    if ID_SCHEMA > 1:
+        d["id_schema"] = ID_SCHEMA
+    return d
+
+
+def _reads(key: str, regime: str | None) -> bool:
+    opt = TRAIN_OPTIONS.get(key)
+    return opt is None or opt.only_for is None or regime in opt.only_for
+
+
+def _drop_if(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    if len(path) == 3:  # (section, entry name, option)
+        section = d.get(path[0]) if path[0] != "teacher.arch" else (d.get("teacher") or {}).get("arch")
+        if isinstance(section, dict) and section.get("name") == path[1]:
+            opts = section.get("options", {})
+            if path[2] in opts and opts[path[2]] == value:
+                del opts[path[2]]
+        return
+    *parents, key = path
+    target: Any = d
+    for p in parents:
+        target = target.get(p) if isinstance(target, dict) else None
+    if isinstance(target, dict) and key in target and target[key] == value:
+        del target[key]

@@ -1,9 +1,12 @@
-"""Architectures (declared in workers.registry): builder(num_classes, image_shape, **options) -> nn.Module."""
+"""Architectures (declared in workers.catalogue): builder(num_classes, image_shape, **options) -> nn.Module."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from workers.catalogue import ARCHS
+from workers.seeding import derive_seed
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -66,9 +69,6 @@ def mlp(num_classes: int, image_shape: tuple[int, int, int], width: int = 256) -
 
 def build(name: str, options: dict, num_classes: int, image_shape: tuple[int, int, int], seed: int) -> nn.Module:
     """Build with weights drawn from a generator seeded by (seed, "init"), leaving global RNG untouched."""
-    from workers.registry import ARCHS
-    from workers.seeding import derive_seed
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
         return ARCHS[name].load()(num_classes, image_shape, **options)

@@ -1,4 +1,4 @@
-"""Label regimes (METHODS.md §1): the same images, different supervision. A regime owns views + loss.
+"""Label regimes (docs/methods.md §1): the same images, different supervision. A regime owns views + loss.
 
 - `hl`: one-hot cross-entropy; no teacher.
 - `sl`: ONE soft label per image, softmax(teacher(x)/T) on the un-augmented image, computed once
@@ -10,7 +10,7 @@
   (seed, epoch, sample id), so a view does not depend on the batch it lands in, the batch size or
   the worker count; both back-ends see identical views and targets up to fp16.
 
-Loss convention (METHODS.md §1.4): kl_div(log_softmax(s/T), softmax(t/T), "batchmean"), times T^2
+Loss convention (docs/methods.md §1.4): kl_div(log_softmax(s/T), softmax(t/T), "batchmean"), times T^2
 only when `t2_scale` is set. Default off, as SRe2L/RDED/DD-Ranking: with Adam/AdamW (the soft-label
 recipes) a constant loss scale changes nothing; with SGD it divides the effective LR by T^2, so the
 spec warns about SGD + soft labels + t2_scale=false.
@@ -19,6 +19,7 @@ spec warns about SGD + soft labels + t2_scale=false.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import numpy as np
@@ -26,15 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.config import TrainConfig
+from workers.config import AUGMENTATIONS, TrainConfig
 from workers.seeding import counter_uniform
 
 
 # ------------------------------------------------------------------ augmentation shared by hl and sl
-def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """`crop`: random translation by up to side/8 px with zero padding; `crop_flip` adds h-flips."""
-    if kind == "none":
-        return x
+def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random translation by up to side/8 px per image, zero padding."""
     b, c, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -44,11 +43,27 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
-    out = padded[batch, chan, rows, cols]
-    if kind == "crop_flip":
-        flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out
+    return padded[batch, chan, rows, cols]
+
+
+def _shift_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The shift, then a horizontal flip of each image with probability 1/2."""
+    out = _shift(x, gen)
+    flip = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+_AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "none": lambda x, gen: x,
+    "crop": _shift,
+    "crop_flip": _shift_flip,
+}
+assert set(_AUGMENT) == set(AUGMENTATIONS), "workers.config.AUGMENTATIONS and the views here must agree"
+
+
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip."""
+    return _AUGMENT[kind](x, gen)
 
 
 def kl_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, T: float, t2_scale: bool) -> torch.Tensor:
@@ -57,21 +72,24 @@ def kl_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, T: float, 
 
 
 # ------------------------------------------------------------------ the regimes
-class Regime:
-    """loss(student, data, pos, epoch, aug_gen): `pos` are positions in the training subset."""
+class Regime(ABC):
+    """loss(student, data, pos, epoch, aug_gen) -> (loss, student logits): `pos` are positions in the
+    training subset; the logits are the student's on this step's views (workers.train.TrainHooks)."""
 
     name = "base"
     soft_label_bytes = 0
 
     def __init__(self, cfg: TrainConfig, seed: int) -> None:
         self.cfg, self.seed = cfg, seed
-        self.on_logits: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None
 
-    def prepare(self, data, num_epochs: int) -> None:
+    def prepare(self, data, num_epochs: int) -> None:  # noqa: B027 (optional: hl prepares nothing)
         """Work done once before training (soft labels, stored KD labels)."""
 
-    def loss(self, student: nn.Module, data, pos: torch.Tensor, epoch: int, aug_gen: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def loss(
+        self, student: nn.Module, data, pos: torch.Tensor, epoch: int, aug_gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of the batch at positions `pos`, and the student's logits on its views."""
 
 
 class HardLabels(Regime):
@@ -79,10 +97,7 @@ class HardLabels(Regime):
 
     def loss(self, student, data, pos, epoch, aug_gen):
         logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen))
-        y = data.y[pos]
-        if self.on_logits is not None:  # training dynamics (forgetting) read the mini-batch predictions
-            self.on_logits(pos, logits.detach(), epoch)
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, data.y[pos]), logits
 
 
 class TeacherRegime(Regime):
@@ -108,8 +123,8 @@ class FixedSoftLabels(TeacherRegime):
         self.soft_label_bytes = self.q.numel() * 4
 
     def loss(self, student, data, pos, epoch, aug_gen):
-        x = augment(data.float_batch(pos), self.cfg.augment, aug_gen)
-        return kl_loss(student(x), self.q[pos], self.cfg.temperature, self.cfg.t2_scale)
+        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen))
+        return kl_loss(logits, self.q[pos], self.cfg.temperature, self.cfg.t2_scale), logits
 
 
 # ------------------------------------------------------------------ SL+KD views
@@ -210,7 +225,7 @@ class FreshSoftLabels(TeacherRegime):
             self.soft_label_bytes = sum(sum(t.numel() * t.element_size() for t in s) for s in self.stored)
 
     def _store_epoch(self, data, epoch: int, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
-        # Views in chunks, labels kept on the CPU: the store can be GBs (METHODS.md §9), the device is not.
+        # Views in chunks, labels kept on the CPU: the store can be GBs (docs/methods.md §9), the device is not.
         n = len(data.y)
         logits = torch.cat(
             [
@@ -234,7 +249,7 @@ class FreshSoftLabels(TeacherRegime):
         if len(entry) == 1:
             return entry[0][cpu_pos].float().to(pos.device)
         values, idx = entry[0][cpu_pos].float().to(pos.device), entry[1][cpu_pos].long().to(pos.device)
-        # Missing classes get the smallest stored logit (METHODS.md §9, reconstruction).
+        # Missing classes get the smallest stored logit (docs/methods.md §9, reconstruction).
         full = values.min(dim=1, keepdim=True).values.expand(-1, num_classes).clone()
         return full.scatter(1, idx, values)
 
@@ -246,7 +261,7 @@ class FreshSoftLabels(TeacherRegime):
         else:
             t = self.teacher_logits(x)
         target = F.softmax(t / self.cfg.temperature, dim=1)
-        return kl_loss(logits, target, self.cfg.temperature, self.cfg.t2_scale)
+        return kl_loss(logits, target, self.cfg.temperature, self.cfg.t2_scale), logits
 
 
 def hl(cfg: TrainConfig, seed: int, teacher: nn.Module | None = None) -> Regime:

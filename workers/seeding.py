@@ -1,4 +1,4 @@
-"""Every random choice derives from (trial seed, purpose, extra...) (DESIGN.md §8). No torch."""
+"""Every random choice derives from (trial seed, purpose, extra...) (docs/design.md §8). No torch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Builders for shared stages (DESIGN.md §5 step 2). Each takes (key, store, tmp_dir) and writes files."""
+"""Shared stages: build one (its dependencies first), and the `subset` builder (a selection or a distiller).
+
+Every builder takes (key, store, tmp_dir), writes its files into tmp_dir and returns extra manifest
+fields; the store publishes the folder atomically (docs/design.md §4).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ from typing import Any
 import numpy as np
 
 from workers.artifacts import ArtifactStore
-from workers.config import ArtifactKey, DatasetConfig, Named, _frozen_options
-from workers.registry import DATASETS, SELECTORS, stage_deps
+from workers.catalogue import SELECTORS, STAGES
+from workers.config import ArtifactKey, Named
+from workers.data import load_splits
+from workers.distillers import DistillContext
+from workers.graph import stage_deps
+from workers.models import pick_device
 from workers.selectors import SelectContext
-
-
-def load_splits(ds: dict[str, Any]):
-    cfg = DatasetConfig(name=ds["name"], root=ds.get("root"), options=_frozen_options(ds.get("options")))
-    return DATASETS[cfg.name].load()(root=cfg.root, **cfg.opts)
+from workers.selectors.cad import cad_scores
+from workers.teacher import load_teacher
 
 
 def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
@@ -26,7 +31,7 @@ def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str,
     features = [k for k in inputs if k.kind == "features"]
     runs = [k for k in inputs if k.kind == "dynamics"]
     for k in inputs:
-        check_classes(k, store, splits.class_names)
+        store.check_classes(k, splits.class_names)
 
     def dynamics(name: str) -> np.ndarray:
         return np.stack([np.load(store.path(k) / f"{name}.npy") for k in runs])
@@ -40,10 +45,11 @@ def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str,
         features=(lambda: np.load(store.path(features[0]) / "features.npy").astype(np.float32)) if features else None,
         dynamics=dynamics if runs else None,
     )
-    if SELECTORS[sel.name].meta.get("distiller"):
+    entry = SELECTORS[sel.name]
+    if entry.distiller:
         return _distill(key, store, out, splits, sel, inputs)
-    idx = np.asarray(SELECTORS[sel.name].load()(ctx), dtype=np.int64)
-    if SELECTORS[sel.name].meta.get("balanced", True):
+    idx = np.asarray(entry.load()(ctx), dtype=np.int64)
+    if entry.balanced:
         check_balanced(idx, splits.train_y, splits.num_classes, cfg["ipc"], sel.name)
     np.save(out / "indices.npy", idx)
     return {"class_names": list(splits.class_names), "n": int(len(idx))}
@@ -51,11 +57,6 @@ def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str,
 
 def _distill(key: ArtifactKey, store: ArtifactStore, out: Path, splits, sel: Named, inputs) -> dict[str, Any]:
     """Synthetic training images: images.npy (uint8) + labels.npy, exactly IPC per class."""
-    from workers.distillers import DistillContext
-    from workers.models import pick_device
-    from workers.selectors.cad import cad_scores
-    from workers.teacher import load_teacher
-
     cfg = key.cfg
     device = pick_device()
     tkey = next(k for k in inputs if k.kind == "teacher")
@@ -89,15 +90,8 @@ def _distill(key: ArtifactKey, store: ArtifactStore, out: Path, splits, sel: Nam
     return {"class_names": list(splits.class_names), "n": int(len(labels)), "synthetic": True}
 
 
-def check_classes(key: ArtifactKey, store: ArtifactStore, class_names) -> None:
-    """Every artifact records its class list; using one built for another class order is an error (METHODS §3)."""
-    got = (store.manifest(key) or {}).get("class_names")
-    if got != list(class_names):
-        raise RuntimeError(f"artifact {key} was built for classes {got}, the data set has {list(class_names)}")
-
-
 def check_balanced(idx: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, who: str) -> None:
-    """The selector contract (METHODS.md §4): sorted, unique, exactly IPC per class."""
+    """The selector contract (docs/methods.md §4): sorted, unique, exactly IPC per class."""
     if len(np.unique(idx)) != len(idx) or np.any(np.diff(idx) < 0):
         raise AssertionError(f"selector {who} returned unsorted or duplicate indices")
     counts = np.bincount(labels[idx], minlength=num_classes)
@@ -112,17 +106,11 @@ def build(key: ArtifactKey, store: ArtifactStore) -> Path:
     file is missing or its checksum differs, so a trial never reads a corrupted artifact. Its
     dependencies are only visited when it has to be built (a subset's score runs are not re-read).
     """
-    from workers.registry import STAGES
-
     if store.ready(key):
         return store.path(key)
     for dep in stage_deps(key):
         build(dep, store)
     return store.build(key, lambda tmp: STAGES[key.kind].load()(key, store, tmp))
-
-
-def load_subset(key: ArtifactKey, store: ArtifactStore) -> np.ndarray:
-    return np.load(store.path(key) / "indices.npy")
 
 
 def load_training_set(

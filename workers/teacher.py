@@ -1,4 +1,4 @@
-"""Teachers (METHODS.md §3): trained on the full train split or loaded from a local weights file.
+"""Teachers (docs/methods.md §3): trained on the full train split or loaded from a local weights file.
 
 A teacher is a shared artifact keyed by (data set, teacher config). At build time its minival
 top-1 is measured and the build fails below `min_top1_factor` x chance (a wrong class order or a
@@ -14,15 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers import models
 from workers.artifacts import ArtifactStore
+from workers.budget import plan
 from workers.config import ArtifactKey, BudgetConfig, TeacherConfig, TrainConfig
-from workers.data import DataError
-from workers.registry import features_key, teacher_key  # noqa: F401 (re-exported)
+from workers.data import DataError, load_splits
+from workers.regimes import HardLabels
+from workers.train import Checkpointer, Tensors, channel_stats, evaluate, train
 
 
 def full_train_tensors(splits, device):
-    from workers.train import Tensors, channel_stats
-
     mean, std = channel_stats(splits.train_x, device)
     return Tensors.of(splits.train_x, splits.train_y, mean, std), Tensors.of(
         splits.minival_x, splits.minival_y, mean, std
@@ -30,12 +31,6 @@ def full_train_tensors(splits, device):
 
 
 def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
-    from workers import models
-    from workers.budget import plan
-    from workers.regimes import HardLabels
-    from workers.stages import load_splits
-    from workers.train import Checkpointer, evaluate, train
-
     cfg = key.cfg
     tcfg = TeacherConfig.from_json(cfg["teacher"])
     splits = load_splits(cfg["dataset"])
@@ -96,19 +91,11 @@ def load_weights(model: nn.Module, path: str, num_classes: int) -> None:
 
 
 def load_teacher(key: ArtifactKey, store: ArtifactStore, device: str) -> nn.Module:
-    from workers import models
-    from workers.stages import build, load_splits
-
-    build(key, store)
+    """The built teacher artifact `key`, frozen in eval mode on `device`; its class order is checked."""
     cfg = key.cfg
     tcfg = TeacherConfig.from_json(cfg["teacher"])
     splits = load_splits(cfg["dataset"])
-    manifest = store.manifest(key) or {}
-    if manifest.get("class_names") != list(splits.class_names):
-        raise DataError(
-            f"teacher {key} was built for classes {manifest.get('class_names')}, "
-            f"the data set has {list(splits.class_names)}"
-        )
+    store.check_classes(key, splits.class_names)
     model = models.build(tcfg.arch.name, tcfg.arch.opts, splits.num_classes, splits.image_shape, tcfg.seed)
     model.load_state_dict(torch.load(store.path(key) / "weights.pt", map_location="cpu", weights_only=True))
     model = model.to(device).eval()
@@ -144,9 +131,6 @@ def logits_and_features(model: nn.Module, data, chunk: int = 1024) -> tuple[torc
 
 def build_features(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
     """Penultimate teacher features of every train image (float16, N x D): herding, k-center, D2."""
-    from workers import models
-    from workers.stages import load_splits
-
     tkey = ArtifactKey.make("teacher", key.cfg["teacher"])
     device = models.pick_device()
     teacher = load_teacher(tkey, store, device)

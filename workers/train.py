@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.budget import BudgetPlan, epoch_batches
-from workers.config import TrainConfig
+from workers.config import OPTIMIZERS, TrainConfig
 from workers.regimes import Regime
+from workers.schedules import lr_factor
 from workers.seeding import torch_generator
+from workers.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +61,17 @@ def channel_stats(x_uint8, device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.to(device), std.to(device)
 
 
-# ------------------------------------------------------------------ optimiser and schedule
+# ------------------------------------------------------------------ optimiser
+_OPTIMIZERS: dict[str, Callable[[nn.Module, TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda m, c: torch.optim.SGD(m.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda m, c: torch.optim.Adam(m.parameters(), lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda m, c: torch.optim.AdamW(m.parameters(), lr=c.lr, weight_decay=c.weight_decay),
+}
+assert set(_OPTIMIZERS) == set(OPTIMIZERS), "workers.config.OPTIMIZERS and the builders here must agree"
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
-
-
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Per-step multiplier over the trial's total steps (METHODS.md §2.2: the schedule stretches with E)."""
-    t = step / max(1, total)
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":  # full cosine to 0 (SRe2L)
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    if schedule == "half_cosine":  # RDED: 0.5(1 + cos(pi t / 2)), ends at 0.5
-        return 0.5 * (1.0 + math.cos(math.pi * t / 2))
-    if schedule == "step":  # one drop by 10x at the middle (paper HL: epoch 151 of 300)
-        return 1.0 if t < 0.5 else 0.1
-    raise ValueError(f"unknown schedule {schedule!r}")
+    return _OPTIMIZERS[cfg.optimizer](model, cfg)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -115,8 +105,6 @@ class Checkpointer:
     last: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        from workers.storage import Storage
-
         self.st = Storage(self.folder) if self.folder else None
         self.file = self.st.path("state.pt") if self.st else None
 
@@ -140,6 +128,19 @@ class Checkpointer:
 
 
 # ------------------------------------------------------------------ the loop
+@dataclass
+class TrainHooks:
+    """What a caller may observe during training; every hook is optional.
+
+    `on_batch(positions, logits, epoch)`: after each step's forward, the mini-batch predictions (the
+    score runs read them for forgetting). `on_epoch_end(epoch, model)`: after each epoch's last step.
+    `progress(row)`: each evaluation row as it is made."""
+
+    on_batch: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None
+    progress: Callable[[dict], None] | None = None
+
+
 def train(
     model: nn.Module,
     regime: Regime,
@@ -149,10 +150,10 @@ def train(
     seed: int,
     evals: dict[str, Tensors],
     checkpointer: Checkpointer,
-    progress: Callable[[dict], None] | None = None,
-    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    hooks: TrainHooks | None = None,
 ) -> dict:
     """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations."""
+    hooks = hooks or TrainHooks()
     device = train_data.x.device
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, plan.steps))
@@ -184,7 +185,9 @@ def train(
         for size in sizes:
             idx = order[pos : pos + size]
             pos += size
-            loss = regime.loss(model, train_data, idx, epoch, aug_gen)
+            loss, logits = regime.loss(model, train_data, idx, epoch, aug_gen)
+            if hooks.on_batch is not None:
+                hooks.on_batch(idx, logits.detach(), epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -192,15 +195,15 @@ def train(
             steps += 1
             images_seen += size
         train_seconds += time.perf_counter() - t0
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(epoch, model)
         if epoch in eval_epochs:
             row = {"epoch": epoch + 1, "images_seen": images_seen, "train_loss": float(loss.item())}
             for split, data in evals.items():
                 row.update({f"{split}_{k}": v for k, v in evaluate(model, data).items()})
             history.append(row)
-            if progress:
-                progress(row)
+            if hooks.progress is not None:
+                hooks.progress(row)
         state = {
             "epoch": epoch + 1,
             "images_seen": images_seen,

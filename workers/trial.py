@@ -19,8 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from workers import models, stages
+from workers.artifacts import ArtifactStore
+from workers.budget import plan as budget_plan
+from workers.catalogue import REGIMES
 from workers.config import TrialConfig
-from workers.storage import child_uri
+from workers.data import load_splits
+from workers.graph import requires, subset_key, teacher_key
+from workers.naming import trial_name
+from workers.storage import Storage, child_uri
+from workers.teacher import load_teacher
+from workers.train import Checkpointer, Tensors, TrainHooks, channel_stats, train
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +49,6 @@ class TrialContext:
 
 
 def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
-    import torch
-
-    from workers import models, stages
-    from workers.artifacts import ArtifactStore
-    from workers.budget import plan as budget_plan
-    from workers.registry import REGIMES, requires, subset_key, teacher_key
-    from workers.train import Checkpointer, Tensors, channel_stats, train
-
     t_start = time.time()
     if ctx.num_threads:
         torch.set_num_threads(ctx.num_threads)
@@ -57,11 +60,11 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     for key in requires(config):
         stages.build(key, store)
     skey = subset_key(config)
-    splits = stages.load_splits(config.dataset.to_json())
+    splits = load_splits(config.dataset)
     sub_x, sub_y, sub_ids = stages.load_training_set(skey, store, splits)
     select_seconds = time.perf_counter() - t0
 
-    stages.check_classes(skey, store, splits.class_names)
+    store.check_classes(skey, splits.class_names)
     mean, std = channel_stats(splits.train_x, device)
 
     train_data = Tensors.of(sub_x, sub_y, mean, std, ids=sub_ids)
@@ -82,8 +85,6 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     ).to(device)
     teacher = None
     if config.teacher is not None:
-        from workers.teacher import load_teacher
-
         teacher = load_teacher(teacher_key(config.dataset, config.teacher), store, device)
     regime = REGIMES[config.regime].load()(config.train, config.seed, teacher)
     if device.startswith("cuda"):
@@ -98,7 +99,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         config.seed,
         evals,
         Checkpointer(ctx.checkpoint_dir, ctx.checkpoint_interval_s),
-        progress=ctx.report,
+        TrainHooks(progress=ctx.report),
     )
     final = result["history"][-1]
     return {
@@ -127,8 +128,6 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
 
 def clear_checkpoint(ctx: TrialContext) -> None:
     if ctx.checkpoint_dir is not None:
-        from workers.storage import Storage
-
         st = Storage(ctx.checkpoint_dir)
         st.delete_dir(st.base)
 
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     metrics = run_trial(cfg, ctx)
     metrics.pop("history")
-    json.dump({"trial_id": cfg.trial_id, "trial_name": cfg.trial_name, **metrics}, sys.stdout, indent=1)
+    json.dump({"trial_id": cfg.trial_id, "trial_name": trial_name(cfg), **metrics}, sys.stdout, indent=1)
     print()
     return 0
 

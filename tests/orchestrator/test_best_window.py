@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from orchestrator.results import best_window
+from orchestrator.report import best_window
 
 
 def rows(spec):

@@ -1,7 +1,7 @@
 """Multi-node Ray on one machine (slow): preemption of a worker node, and a loop of driver kills.
 
 `ray.cluster_utils.Cluster` gives a head and worker nodes in this process (nodes are added and
-removed from the main thread, RAY.md §4); the driver runs as a `ddsweep run --address` subprocess.
+removed from the main thread, docs/ray.md §4); the driver runs as a `ddsweep run --address` subprocess.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import pytest
 from conftest import BIN, REPO, write_sweep
 
 from orchestrator import results
+from orchestrator.results import SweepStore
 
 pytestmark = pytest.mark.slow
 DDSWEEP = str(BIN / "ddsweep")
 
 
 def checkpoints(store, sweep) -> list:
-    folder = Path(results.sweep_dir(store, sweep)) / "checkpoints"
+    folder = Path(SweepStore(store, sweep).path()) / "checkpoints"
     return list(folder.glob("*/state.pt")) if folder.is_dir() else []
 
 
@@ -103,7 +104,7 @@ def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path,
             os.killpg(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
-        before = {p.name: p.stat().st_ino for p in Path(results.results_dir(store, "chaos")).glob("*.parquet")}
+        before = {p.name: p.stat().st_ino for p in Path(SweepStore(store, "chaos").results_dir).glob("*.parquet")}
         df = results.load(store, "chaos")
         assert df["trial_id"].is_unique and len(df) == len(before)
     assert kills >= 2
@@ -117,6 +118,6 @@ def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path,
 
     grid = {t.trial_id for t in expand(load_spec(sweep))}
     assert set(df["trial_id"]) == grid and len(df) == len(grid) == 9
-    files = list(Path(results.results_dir(store, "chaos")).iterdir())
+    files = list(Path(SweepStore(store, "chaos").results_dir).iterdir())
     assert len(files) == 9 and not any(f.name.startswith(".") for f in files)
     assert (df["images_seen"] == df["ipc"] * 10 * 120).all()

@@ -14,6 +14,7 @@ import pytest
 from conftest import BIN, REPO, write_sweep
 
 from orchestrator import results
+from orchestrator.results import SweepStore
 from workers.config import TrialConfig
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def run_cli(args, env, timeout=600) -> subprocess.CompletedProcess:
 
 def snapshot(storage: Path, sweep: str) -> dict[str, tuple]:
     df = results.load(storage, sweep)
-    folder = Path(results.results_dir(storage, sweep))
+    folder = Path(SweepStore(storage, sweep).results_dir)
     stats = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.parquet")}
     return {r.trial_id: (r.started_at, r.top1, stats[r.trial_id]) for r in df.itertuples()}
 
@@ -100,10 +101,10 @@ def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env)
     )
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and not results.done_ids(store, "tiny"):
+        while time.time() < deadline and not SweepStore(store, "tiny").done_ids():
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.2)
-        assert results.done_ids(store, "tiny"), "no row appeared before the deadline"
+        assert SweepStore(store, "tiny").done_ids(), "no row appeared before the deadline"
         # a second driver for the same sweep refuses, naming the one that runs it
         second = run_cli(["run", str(sweep)], cli_env, timeout=120)
         assert second.returncode == 3 and f"pid {proc.pid}" in second.stderr, second.stderr[-2000:]
@@ -117,7 +118,7 @@ def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     df = results.load(store, "tiny")
     assert len(df) == 9 and df["trial_id"].is_unique
-    assert len(list(Path(results.results_dir(store, "tiny")).glob("*.parquet"))) == 9
+    assert len(list(Path(SweepStore(store, "tiny").results_dir).glob("*.parquet"))) == 9
     final = snapshot(store, "tiny")
     assert {k: final[k] for k in first} == first  # rows written before the kill are untouched
 
@@ -155,7 +156,7 @@ def test_a_failing_stage_fails_only_the_trials_that_need_it(tmp_path, cli_env):
     store = tmp_path / "store"
     df = results.load(store, "stagefail")
     assert list(df["selector"]) == ["random"]
-    fails = results.failures(store, "stagefail")
+    fails = SweepStore(store, "stagefail").failures()
     assert len(fails) == 1 and "herding" in next(iter(fails.values()))["trial_name"]
     status = run_cli(["status", str(sweep)], cli_env)
     assert "1 done, 0 started, 1 failed, 0 pending" in status.stdout and "not a readable state_dict" in status.stdout

@@ -17,6 +17,7 @@ import pytest
 from conftest import BIN, REPO, write_sweep
 
 from orchestrator import results
+from orchestrator.results import SweepStore
 
 pytestmark = pytest.mark.slow
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -63,12 +64,12 @@ def test_rows_lock_and_failures_on_the_object_store(s3_uri):
     from orchestrator.lock import DriverLock, SweepLocked
 
     row = {"trial_id": "abc", "top1": 0.5, "finished_at": datetime.now(timezone.utc)}
-    assert results.write_row(s3_uri, "unit", row)
-    assert not results.write_row(s3_uri, "unit", dict(row, top1=0.9))  # never replaced
+    assert SweepStore(s3_uri, "unit").write_row(row)
+    assert not SweepStore(s3_uri, "unit").write_row(dict(row, top1=0.9))  # never replaced
     df = results.load(s3_uri, "unit")
-    assert len(df) == 1 and df.loc[0, "top1"] == 0.5 and results.done_ids(s3_uri, "unit") == {"abc"}
-    results.record_failure(s3_uri, "unit", "def", "n", 1, "E: x", "tb")
-    assert set(results.failures(s3_uri, "unit")) == {"def"}
+    assert len(df) == 1 and df.loc[0, "top1"] == 0.5 and SweepStore(s3_uri, "unit").done_ids() == {"abc"}
+    SweepStore(s3_uri, "unit").record_failure("def", "n", 1, "E: x", "tb")
+    assert set(SweepStore(s3_uri, "unit").failures()) == {"def"}
     with DriverLock(s3_uri, "unit"):
         with pytest.raises(SweepLocked):
             DriverLock(s3_uri, "unit").acquire()

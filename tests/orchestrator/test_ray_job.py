@@ -1,7 +1,7 @@
 """`ray job submit` as users run it, on a two-node CLI cluster (slow).
 
 The cluster lives in a loopback-only network namespace made by the test (`ip netns`), because
-`ray start` rewrites 127.0.0.1 to the machine's primary address outside one (RAY.md §4). Each node
+`ray start` rewrites 127.0.0.1 to the machine's primary address outside one (docs/ray.md §4). Each node
 has its own --temp-dir and dashboard-agent port. Everything is torn down by pid, never by name.
 """
 
@@ -21,6 +21,7 @@ import pytest
 from conftest import BIN, REPO, write_sweep
 
 from orchestrator import results
+from orchestrator.results import SweepStore
 
 pytestmark = pytest.mark.slow
 DASH = "http://127.0.0.1:28265"
@@ -183,16 +184,16 @@ def test_job_submit_stop_kill_and_resubmit(tmp_path, ns_cluster):
     # 1. submit; stop it with `ray job stop` (SIGINT) once a row exists and trials are mid-run
     submit(c, sweep, store, "ddsweep-jobs-1", "--checkpoint-interval", "0")
     deadline = time.time() + 300
-    while time.time() < deadline and not results.done_ids(store, "jobs"):
+    while time.time() < deadline and not SweepStore(store, "jobs").done_ids():
         time.sleep(0.5)
-    assert results.done_ids(store, "jobs"), "no row within 300 s"
+    assert SweepStore(store, "jobs").done_ids(), "no row within 300 s"
     c.run(str(BIN / "ray"), "job", "stop", "--address", DASH, "ddsweep-jobs-1", check=False, timeout=120)
     assert wait_job(c, "ddsweep-jobs-1", {"STOPPED", "FAILED", "SUCCEEDED"}, 120) != "RUNNING"
     first = {r.trial_id: r.started_at for r in results.load(store, "jobs").itertuples()}
 
     # 2. resubmit; SIGKILL the driver (the pid named in the sweep's lock) mid-sweep
     submit(c, sweep, store, "ddsweep-jobs-2", "--checkpoint-interval", "0")
-    lock = Path(results.sweep_dir(store, "jobs")) / "driver.lock"
+    lock = Path(SweepStore(store, "jobs").path()) / "driver.lock"
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and list((store / "jobs" / "checkpoints").glob("*/state.pt"))):
         time.sleep(0.3)
@@ -207,7 +208,7 @@ def test_job_submit_stop_kill_and_resubmit(tmp_path, ns_cluster):
     assert "[ddsweep] sweep 'jobs'" in logs and "[ddsweep] done" in logs and "trials have a row" in logs
     df = results.load(store, "jobs")
     assert len(df) == 6 and df["trial_id"].is_unique
-    assert len(list(Path(results.results_dir(store, "jobs")).glob("*.parquet"))) == 6
+    assert len(list(Path(SweepStore(store, "jobs").results_dir).glob("*.parquet"))) == 6
     assert all(df.set_index("trial_id").loc[t, "started_at"] == s for t, s in first.items())
     assert (df["attempt"] >= 2).any() and (df["resumed_from_epoch"] > 0).any(), "no trial resumed from a checkpoint"
 

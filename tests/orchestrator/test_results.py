@@ -8,6 +8,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from orchestrator import results
+from orchestrator.results import SweepStore
+from workers.naming import trial_name
 
 
 def row(trial_id="abc", top1=0.5, minutes=0):
@@ -27,18 +29,18 @@ def row(trial_id="abc", top1=0.5, minutes=0):
 
 
 def test_write_then_load_round_trips_with_full_schema(tmp_path):
-    assert results.write_row(tmp_path, "s", row())
+    assert SweepStore(tmp_path, "s").write_row(row())
     df = results.load(tmp_path, "s")
     assert list(df.columns) == results.SCHEMA.names
     assert len(df) == 1 and df.loc[0, "top1"] == 0.5 and pd.isna(df.loc[0, "gpu_name"])
-    # plain pandas reads the folder too (DESIGN.md §6)
+    # plain pandas reads the folder too (docs/design.md §6)
     assert len(pd.read_parquet(tmp_path / "s" / "results")) == 1
 
 
 def test_an_existing_row_is_never_replaced(tmp_path):
-    assert results.write_row(tmp_path, "s", row(top1=0.5))
+    assert SweepStore(tmp_path, "s").write_row(row(top1=0.5))
     before = (tmp_path / "s" / "results" / "abc.parquet").stat()
-    assert not results.write_row(tmp_path, "s", row(top1=0.9, minutes=5))
+    assert not SweepStore(tmp_path, "s").write_row(row(top1=0.9, minutes=5))
     after = (tmp_path / "s" / "results" / "abc.parquet").stat()
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
     assert results.load(tmp_path, "s").loc[0, "top1"] == 0.5
@@ -46,14 +48,14 @@ def test_an_existing_row_is_never_replaced(tmp_path):
 
 
 def test_load_keeps_the_earliest_row_per_trial(tmp_path):
-    results.write_row(tmp_path, "s", row("abc", top1=0.7, minutes=10))
+    SweepStore(tmp_path, "s").write_row(row("abc", top1=0.7, minutes=10))
     # a duplicate under another name (as an object store would hold it): earlier finish wins
     table = pq.read_table(tmp_path / "s" / "results" / "abc.parquet").to_pylist()[0]
     table.update(top1=0.1, finished_at=datetime(2025, 1, 1, tzinfo=timezone.utc))
     import pyarrow as pa
 
     pq.write_table(pa.Table.from_pylist([table], schema=results.SCHEMA), tmp_path / "s" / "results" / "abc__2.parquet")
-    results.write_row(tmp_path, "s", row("def", top1=0.3))
+    SweepStore(tmp_path, "s").write_row(row("def", top1=0.3))
     df = results.load(tmp_path, "s")
     assert sorted(df["trial_id"]) == ["abc", "def"]
     assert df.set_index("trial_id").loc["abc", "top1"] == 0.1
@@ -63,12 +65,12 @@ def test_load_keeps_the_earliest_row_per_trial(tmp_path):
 CRASH = r"""
 import os, sys
 from datetime import datetime, timezone
-from orchestrator import results
+from orchestrator.results import SweepStore
 real_fsync = os.fsync
 def die(fd):
     os._exit(9)        # killed after the temporary file is written, before it is published
 os.fsync = die
-results.write_row(sys.argv[1], "s", {"trial_id": "abc", "top1": 0.5,
+SweepStore(sys.argv[1], "s").write_row({"trial_id": "abc", "top1": 0.5,
                   "finished_at": datetime.now(timezone.utc)})
 """
 
@@ -79,17 +81,17 @@ def test_a_crash_mid_write_leaves_no_readable_partial_row(tmp_path):
     folder = tmp_path / "s" / "results"
     leftovers = list(folder.iterdir())
     assert leftovers and all(f.name.startswith(".") for f in leftovers)
-    assert results.load(tmp_path, "s").empty and results.done_ids(tmp_path, "s") == set()
+    assert results.load(tmp_path, "s").empty and SweepStore(tmp_path, "s").done_ids() == set()
     assert pd.read_parquet(folder).empty  # hidden names are skipped by plain pandas too
-    assert results.clean_temporaries(tmp_path, "s") == len(leftovers)
-    assert results.write_row(tmp_path, "s", row())
+    assert SweepStore(tmp_path, "s").clean_temporaries() == len(leftovers)
+    assert SweepStore(tmp_path, "s").write_row(row())
 
 
 def test_failures_are_recorded_and_cleared(tmp_path):
-    results.record_failure(tmp_path, "s", "abc", "n", 2, "ValueError: x", "tb")
-    assert results.failures(tmp_path, "s")["abc"]["error"] == "ValueError: x"
-    results.clear_failure(tmp_path, "s", "abc")
-    assert results.failures(tmp_path, "s") == {}
+    SweepStore(tmp_path, "s").record_failure("abc", "n", 2, "ValueError: x", "tb")
+    assert SweepStore(tmp_path, "s").failures()["abc"]["error"] == "ValueError: x"
+    SweepStore(tmp_path, "s").clear_failure("abc")
+    assert SweepStore(tmp_path, "s").failures() == {}
 
 
 def test_status_counts_a_retryable_failure_as_started_and_a_final_one_as_failed(tmp_path, capsys):
@@ -104,14 +106,16 @@ def test_status_counts_a_retryable_failure_as_started_and_a_final_one_as_failed(
     )
     a, b = expand(parse_spec(sweep.read_text()))
     (tmp_path / "st" / "checkpoints" / a.trial_id).mkdir(parents=True)
-    results.record_failure(tmp_path, "st", a.trial_id, a.trial_name, 1, "RuntimeError: node lost", "tb", final=False)
+    SweepStore(tmp_path, "st").record_failure(
+        a.trial_id, trial_name(a), 1, "RuntimeError: node lost", "tb", final=False
+    )
     assert cli.main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "2 trials: 0 done, 1 started, 0 failed, 1 pending" in out
-    assert f"retrying {a.trial_name}: attempt 1 failed: RuntimeError: node lost" in out
+    assert f"retrying {trial_name(a)}: attempt 1 failed: RuntimeError: node lost" in out
 
-    results.mark_failures_final(tmp_path, "st", [a.trial_id, b.trial_id])  # b has no failure: untouched
+    SweepStore(tmp_path, "st").mark_failures_final([a.trial_id, b.trial_id])  # b has no failure: untouched
     assert cli.main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
-    assert "2 trials: 0 done, 0 started, 1 failed, 1 pending" in out and f"failed {a.trial_name} (attempt 1)" in out
-    assert set(results.failures(tmp_path, "st")) == {a.trial_id}
+    assert "2 trials: 0 done, 0 started, 1 failed, 1 pending" in out and f"failed {trial_name(a)} (attempt 1)" in out
+    assert set(SweepStore(tmp_path, "st").failures()) == {a.trial_id}

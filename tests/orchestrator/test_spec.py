@@ -1,4 +1,7 @@
-"""Sweep YAML validation (DESIGN.md §4): every problem at once, each with its YAML path, the bad value and a hint."""
+"""Sweep YAML validation (README: Sweep YAML reference).
+
+Every problem at once, each with its YAML path, the bad value and a hint.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.spec import SpecError, load_spec, parse_spec
-from workers.registry import describe_dataset
+from workers.catalogue import dataset_facts
 
 REPO = Path(__file__).resolve().parents[2]
 DDSWEEP = Path(sys.executable).parent / "ddsweep"
@@ -96,7 +99,7 @@ CASES = [
         "dataset-option-range",
         sub("{name: digits}", "{name: digits, test_fraction: 0.9}"),
         "dataset.test_fraction:",
-        ["0.9", "maximum 0.5"],
+        ["0.9", "<= 0.5"],
     ),
     (
         "unknown-dataset-option",
@@ -123,9 +126,9 @@ CASES = [
         "student.norm:",
         ["'layer'", "instance, batch, none"],
     ),
-    ("arch-option-type", sub("depth: 3", "depth: deep"), "student.depth:", ["'deep'", "not int"]),
-    ("arch-option-float", sub("depth: 3", "depth: 2.5"), "student.depth:", ["2.5", "not int"]),
-    ("arch-option-max", sub("depth: 3", "depth: 9"), "student.depth:", ["9", "maximum 6"]),
+    ("arch-option-type", sub("depth: 3", "depth: deep"), "student.depth:", ["'deep'", "not an integer"]),
+    ("arch-option-float", sub("depth: 3", "depth: 2.5"), "student.depth:", ["2.5", "not an integer"]),
+    ("arch-option-max", sub("depth: 3", "depth: 9"), "student.depth:", ["9", "<= 6"]),
     (
         "unknown-arch-option",
         sub("{arch: convnet, depth: 3, width: 16}", "{arch: mlp, depth: 2}"),
@@ -305,7 +308,7 @@ def test_missing_required_keys_each_reported():
 
 
 def test_ipc_larger_than_smallest_class_names_class_and_limit():
-    info = describe_dataset("digits", None, {"image_size": 8, "minival_per_class": 10, "test_fraction": 0.2})
+    info = dataset_facts("digits", None, {"image_size": 8, "minival_per_class": 10, "test_fraction": 0.2})
     sizes = info["train_class_sizes"]
     limit = min(sizes)
     cls = info["class_names"][sizes.index(limit)]
@@ -326,7 +329,7 @@ def test_ipc_limit_follows_dataset_options():
 
 
 def test_unknown_regime_lists_every_regime():
-    from workers.registry import REGIMES
+    from workers.catalogue import REGIMES
 
     (problem,) = problems_of(sub("regime: [hl]", "regime: [soft]"))
     assert problem.startswith("grid.regime[0]: 'soft' is not a known regime; choose one of ")
@@ -368,7 +371,7 @@ def test_valid_base_parses_with_defaults_filled():
     assert [s.name for s in spec.selectors] == ["random"]
     assert spec.regimes == ("hl",) and spec.ipcs == (1, 2) and spec.seeds == (0, 1)
     assert spec.train.optimizer == "adamw" and spec.train.lr == 0.01 and spec.train.batch_size == 32
-    assert spec.train.schedule == "step"  # the hl default (METHODS.md §2.3)
+    assert spec.train.schedule == "step"  # the hl default (docs/methods.md §2.3)
     assert spec.resources.cpus_per_trial == 1.0 and spec.resources.gpus_per_trial == 0.0
     assert spec.resources.max_concurrent is None and spec.resources.max_failures == 2
     assert spec.exclude == ()
@@ -397,7 +400,7 @@ def test_optional_sections_may_be_omitted():
     )
     spec = parse_spec(text)
     assert spec.storage == "./ddsweep-runs"
-    assert spec.train.lr == 0.01 and spec.train.optimizer == "sgd"  # the hl recipe of METHODS.md §2.3
+    assert spec.train.lr == 0.01 and spec.train.optimizer == "sgd"  # the hl recipe of docs/methods.md §2.3
     assert spec.recipes["sl"].lr == 0.001 and spec.resources.cpus_per_trial == 1.0
 
 
@@ -485,7 +488,7 @@ def test_cli_validate_smoke_exits_0(tmp_path):
 def test_method_rules_are_checked_before_launch():
     """SRe2L's BatchNorm teacher is an error at validation time; CAD's K < J + W is a warning (K is raised)."""
     from orchestrator.grid import expand
-    from workers.registry import cad_scoring_epochs
+    from workers.catalogue import cad_scoring_epochs
 
     cad = sub("selector: [random]", "selector: [random, cad_prune]")
     spec = parse_spec(cad)
@@ -513,7 +516,7 @@ def test_recipes_per_regime_resolve_defaults_then_train_then_regime_overrides():
     )
     spec = parse_spec(text)
     hl, sl, kd = (spec.recipes[r] for r in ("hl", "sl", "sl_kd"))
-    assert (hl.optimizer, hl.lr, hl.schedule, hl.batch_size) == ("adam", 0.01, "step", 32)  # METHODS hl + overrides
+    assert (hl.optimizer, hl.lr, hl.schedule, hl.batch_size) == ("adam", 0.01, "step", 32)  # the hl recipe + overrides
     assert (sl.optimizer, sl.lr, sl.schedule, sl.batch_size) == ("adamw", 0.001, "cosine", 32)
     assert (kd.optimizer, kd.lr, kd.schedule, kd.kd_backend) == ("adamw", 0.002, "half_cosine", "stored")
     from orchestrator.grid import expand
@@ -527,7 +530,7 @@ def test_recipes_per_regime_resolve_defaults_then_train_then_regime_overrides():
 
 def test_score_runs_do_not_depend_on_the_regime_recipe():
     from orchestrator.grid import expand
-    from workers.registry import subset_key
+    from workers.graph import subset_key
 
     text = "teacher: {arch: convnet, depth: 2, epochs: 1}\nselectors: {el2n: {runs: 1, epoch: 2}}\n" + sub(
         "train: {optimizer: adamw, lr: 0.01, batch_size: 32}",

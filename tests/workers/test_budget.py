@@ -9,7 +9,7 @@ def test_epochs_mode_counts_every_unit():
 
 
 def test_full_epochs_mode_derives_subset_epochs():
-    # METHODS.md §2.1: E = B * N / n
+    # docs/methods.md §2.1: E = B * N / n
     p = plan(BudgetConfig("full_epochs", 2), n_subset=100, n_full=1000, batch=50)
     assert p.images_seen == 2000 and p.subset_epochs == 20.0 and p.steps == 40
 

@@ -1,4 +1,4 @@
-"""Distillers on real digits with a small real BatchNorm teacher (METHODS.md §5.1-5.4 tests)."""
+"""Distillers on real digits with a small real BatchNorm teacher (docs/methods.md §5.1-5.4 tests)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from workers import models
+from workers.catalogue import SELECTORS, rded_factor
 from workers.config import Named
 from workers.data import digits
 from workers.distillers import DistillContext
@@ -38,7 +39,7 @@ def teacher(splits, stats):
     """convnet depth 2, width 16, BatchNorm, trained 8 epochs with Adam on digits' train split (seeded, ~1-2 s)."""
     mean, std = stats
     model = models.build("convnet", {"depth": 2, "width": 16, "norm": "batch"}, C, SHAPE, seed=0)
-    x = S.normalise(splits.train_x, mean, std)
+    x = normalise(splits.train_x, mean, std)
     y = torch.as_tensor(splits.train_y)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch_generator(0, "test.teacher.shuffle")
@@ -54,9 +55,42 @@ def teacher(splits, stats):
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        acc = (model(S.normalise(splits.test_x, mean, std)).argmax(1).numpy() == splits.test_y).mean()
+        acc = (model(normalise(splits.test_x, mean, std)).argmax(1).numpy() == splits.test_y).mean()
     assert acc > 0.85, f"test teacher too weak: {acc:.3f}"
     return model
+
+
+def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 (n, C, H, W) -> (x/255 - mean)/std, the space recover optimises in."""
+    m = torch.as_tensor(np.asarray(mean, np.float32)).view(1, -1, 1, 1)
+    s = torch.as_tensor(np.asarray(std, np.float32)).view(1, -1, 1, 1)
+    return (torch.as_tensor(np.ascontiguousarray(images)).float() / 255.0 - m) / s
+
+
+def bn_terms(teacher, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One teacher forward under the BN hooks recover uses: (logits, per-layer terms)."""
+    with S.BNStatHooks(teacher) as hooks:
+        logits = teacher(x)
+    return logits, hooks.terms
+
+
+def bn_loss(teacher, x: torch.Tensor, first_bn_multiplier: float = 10.0) -> torch.Tensor:
+    with S.BNStatHooks(teacher) as hooks:
+        teacher(x)
+    return hooks.weighted(first_bn_multiplier)
+
+
+def resolved(method: str, **opts) -> dict:
+    """The method's options as a sweep resolves them: the catalogue's defaults under the given ones."""
+    out, problems = SELECTORS[method].resolve(opts, "test")
+    assert not problems, problems
+    return out
+
+
+def recover_options(**opts) -> S.RecoverOptions:
+    """Recover options over the catalogue's defaults (iterations 0 too: the tests look at the raw init)."""
+    base = resolved("cda" if "curriculum" in opts else "sre2l")
+    return S.RecoverOptions(**{**base, **opts})
 
 
 def make_ctx(splits, stats, model, method: str, ipc: int, seed: int = 0, cad=None, **opts) -> DistillContext:
@@ -67,7 +101,7 @@ def make_ctx(splits, stats, model, method: str, ipc: int, seed: int = 0, cad=Non
         num_classes=C,
         ipc=ipc,
         seed=seed,
-        method=Named.make(method, opts),
+        method=Named.make(method, resolved(method, **opts)),
         mean=mean,
         std=std,
         device="cpu",
@@ -84,15 +118,15 @@ def check_contract(images: np.ndarray, labels: np.ndarray, ipc: int) -> None:
 
 def top1(model, images: np.ndarray, labels: np.ndarray, stats) -> float:
     with torch.no_grad():
-        return float((model(S.normalise(images, *stats)).argmax(1).numpy() == labels).mean())
+        return float((model(normalise(images, *stats)).argmax(1).numpy() == labels).mean())
 
 
 # ---------------------------------------------------------------------------------------------------- SRe2L (§5.1)
 
 
 def test_bn_loss_terms_known_answer(teacher, splits, stats):
-    x = S.normalise(splits.train_x[:64], *stats)
-    logits, terms = S.bn_loss_terms(teacher, x)
+    x = normalise(splits.train_x[:64], *stats)
+    logits, terms = bn_terms(teacher, x)
     assert len(terms) == 2
     torch.testing.assert_close(logits, teacher(x))
     bns = S.bn_layers(teacher)
@@ -101,9 +135,9 @@ def test_bn_loss_terms_known_answer(teacher, splits, stats):
         mu, var = a.mean(dim=(0, 2, 3)), ((a - a.mean(dim=(0, 2, 3), keepdim=True)) ** 2).mean(dim=(0, 2, 3))
         ref = torch.sqrt(((mu - bn.running_mean) ** 2).sum()) + torch.sqrt(((var - bn.running_var) ** 2).sum())
         torch.testing.assert_close(term, ref, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(S.bn_matching_loss(teacher, x, 10.0), 10 * terms[0] + terms[1])
+    torch.testing.assert_close(bn_loss(teacher, x, 10.0), 10 * terms[0] + terms[1])
     noise = torch.randn(64, *SHAPE, generator=torch_generator(0, "test.noise"))
-    assert S.bn_matching_loss(teacher, x) < 0.5 * S.bn_matching_loss(teacher, noise), "real data match BN stats"
+    assert bn_loss(teacher, x) < 0.5 * bn_loss(teacher, noise), "real data match BN stats"
 
 
 def test_recover_losses_fall_and_clamp_holds(teacher, stats):
@@ -111,7 +145,7 @@ def test_recover_losses_fall_and_clamp_holds(teacher, stats):
     targets = torch.arange(C)
 
     def run(iterations: int, trace=None) -> torch.Tensor:
-        opts = S.RecoverOptions(iterations=iterations)
+        opts = recover_options(iterations=iterations)
         return S.recover_batch(
             teacher, targets, mean, std, SHAPE, opts, torch_generator(3, "init"), torch_generator(3, "aug"), trace
         )
@@ -121,7 +155,7 @@ def test_recover_losses_fall_and_clamp_holds(teacher, stats):
     x1 = run(60, trace)
     with torch.no_grad():
         ce0, ce1 = (F.cross_entropy(teacher(x), targets).item() for x in (x0, x1))
-        bn0, bn1 = (S.bn_matching_loss(teacher, x).item() for x in (x0, x1))
+        bn0, bn1 = (bn_loss(teacher, x).item() for x in (x0, x1))
     # published r_bn = 0.01: CE dominates, yet the BN term still drops by about a third (9.6 -> 6.4 here; a batch
     # of 10 real digits scores about 1.2)
     assert bn1 < 0.8 * bn0 and ce1 < 0.2 * ce0, (bn0, bn1, ce0, ce1)
@@ -158,11 +192,11 @@ def test_recover_seeded_and_batched(teacher, splits, stats):
 
 def test_teacher_without_bn_raises(splits, stats):
     plain = models.convnet(C, SHAPE, depth=2, width=8, norm="none").eval()
-    for fn in (S.recover, S.cda):
+    for method in ("sre2l", "cda"):
         with pytest.raises(ValueError, match="needs a teacher with BatchNorm layers"):
-            fn(make_ctx(splits, stats, plain, "sre2l", ipc=1, iterations=2))
+            S.recover(make_ctx(splits, stats, plain, method, ipc=1, iterations=2))
     with pytest.raises(ValueError, match="this teacher has none"):
-        S.bn_loss_terms(plain, torch.zeros(2, *SHAPE))
+        bn_terms(plain, torch.zeros(2, *SHAPE))
 
 
 # ---------------------------------------------------------------------------------------------------- CDA (§5.2)
@@ -193,7 +227,7 @@ def test_cda_curriculum_used_and_differs_from_sre2l(teacher, splits, stats):
         torch.arange(C),
         *stats,
         SHAPE,
-        S.RecoverOptions(iterations=20, curriculum="cosine"),
+        recover_options(iterations=20, curriculum="cosine"),
         torch_generator(0, "i"),
         torch_generator(0, "a"),
         trace,
@@ -201,8 +235,8 @@ def test_cda_curriculum_used_and_differs_from_sre2l(teacher, splits, stats):
     assert trace[0]["scale_lo"] == 1.0 and trace[-1]["scale_lo"] < 0.1
     kw = dict(iterations=20)
     sre = S.recover(make_ctx(splits, stats, teacher, "sre2l", ipc=1, **kw))
-    cda = S.cda(make_ctx(splits, stats, teacher, "cda", ipc=1, **kw))  # no curriculum key: cosine
-    cda0 = S.cda(make_ctx(splits, stats, teacher, "cda", ipc=1, milestone=0.0, **kw))
+    cda = S.recover(make_ctx(splits, stats, teacher, "cda", ipc=1, **kw))  # no curriculum key: cosine
+    cda0 = S.recover(make_ctx(splits, stats, teacher, "cda", ipc=1, milestone=0.0, **kw))
     check_contract(*cda, 1)
     assert not np.array_equal(sre[0], cda[0])
     np.testing.assert_array_equal(sre[0], cda0[0])  # the §5.2 pitfall: milestone 0 turns CDA back into SRe2L
@@ -280,7 +314,7 @@ def test_draw_pool(splits):
     assert len(a) == 20 and set(a) <= set(idx) and (np.diff(a) > 0).all()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    assert R.resolve_factor("auto", 8) == 1 and R.resolve_factor("auto", 64) == 2 and R.resolve_factor(3, 8) == 3
+    assert rded_factor("auto", 8) == 1 and rded_factor("auto", 64) == 2 and rded_factor(3, 8) == 3
 
 
 def test_rded_contract_and_seeding(teacher, splits, stats):
@@ -363,6 +397,6 @@ def test_ca2d_coreset_uses_exactly_ipc_factor2_images(teacher, splits, stats, ca
 def test_global_rng_untouched(teacher, splits, stats, cad):
     """All randomness comes from (seed, purpose) generators (workers.seeding), never torch's global RNG."""
     before = torch.get_rng_state()
-    S.cda(make_ctx(splits, stats, teacher, "cda", ipc=1, iterations=3))
+    S.recover(make_ctx(splits, stats, teacher, "cda", ipc=1, iterations=3))
     R.ca2d(make_ctx(splits, stats, teacher, "ca2d", ipc=1, cad=cad, mipc=12, factor=2))
     assert torch.equal(before, torch.get_rng_state())

@@ -1,4 +1,4 @@
-"""METHODS.md §4.1: exact counts, no duplicates, seeded, per-class independence, uniformity."""
+"""docs/methods.md §4.1: exact counts, no duplicates, seeded, per-class independence, uniformity."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Label regimes (METHODS.md §1): SL's one fixed label per image, SL+KD's per-view labels, the online and stored
+"""Label regimes (docs/methods.md §1): SL's one fixed label per image, SL+KD's per-view labels, the online and stored
 SL+KD back-ends, the loss convention (§1.4), and "all three regimes train the same images".
 
 Real teacher (a small ConvNet trained by the `teacher` stage on digits), real KDViews, real training loop.
@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers import models
+from workers import models, stages
 from workers.artifacts import ArtifactStore
 from workers.budget import plan
 from workers.config import BudgetConfig, DatasetConfig, Named, TeacherConfig, TrainConfig, _frozen_options
 from workers.data.digits import load as load_digits
+from workers.graph import teacher_key
 from workers.regimes import FixedSoftLabels, FreshSoftLabels, KDViews, augment, kl_loss
-from workers.registry import teacher_key
 from workers.seeding import torch_generator
 from workers.teacher import load_teacher
 from workers.train import Checkpointer, Tensors, channel_stats, evaluate, train
@@ -41,7 +41,9 @@ def teacher(tmp_path_factory):
     """A real teacher built by the `teacher` stage (3 epochs on the full train split), frozen, eval mode."""
     tcfg = TeacherConfig(arch=Named.make("convnet", ARCH), epochs=3, min_top1_factor=1.0)
     store = ArtifactStore(tmp_path_factory.mktemp("regime_store"))
-    return load_teacher(teacher_key(DATASET, tcfg), store, "cpu")
+    key = teacher_key(DATASET, tcfg)
+    stages.build(key, store)
+    return load_teacher(key, store, "cpu")
 
 
 def tensors(splits, idx: np.ndarray | None = None, split: str = "train") -> Tensors:
@@ -111,7 +113,7 @@ def test_sl_target_is_the_same_every_epoch_while_the_view_changes(teacher, small
     # 1. A student that ignores its input: the loss is a function of the target alone, so it must be identical in
     #    every epoch (it would change if the label were recomputed on each augmented view).
     const = ConstantStudent()
-    const_losses = [reg.loss(const, small, pos, e, torch_generator(0, "augment", e)).item() for e in range(3)]
+    const_losses = [reg.loss(const, small, pos, e, torch_generator(0, "augment", e))[0].item() for e in range(3)]
     assert const_losses[0] == const_losses[1] == const_losses[2]
     direct = F.kl_div(F.log_softmax(const(small.float_batch(pos)) / T, dim=1), clean_q, reduction="batchmean").item()
     assert const_losses[0] == pytest.approx(direct, rel=1e-6)
@@ -121,7 +123,7 @@ def test_sl_target_is_the_same_every_epoch_while_the_view_changes(teacher, small
     s = student(1)
     views = []
     for e in range(3):
-        loss = reg.loss(s, small, pos, e, torch_generator(0, "augment", e))
+        loss = reg.loss(s, small, pos, e, torch_generator(0, "augment", e))[0]
         x = augment(small.float_batch(pos), cfg.augment, torch_generator(0, "augment", e))
         views.append(x)
         with torch.no_grad():
@@ -222,7 +224,7 @@ def test_kd_labels_change_between_epochs(teacher, small):
     const = ConstantStudent()
     losses = []
     for e in range(3):
-        loss = reg.loss(const, small, pos, e, torch_generator(0, "augment", e))
+        loss = reg.loss(const, small, pos, e, torch_generator(0, "augment", e))[0]
         want = F.kl_div(
             F.log_softmax(const(small.float_batch(pos)) / T, dim=1),
             F.softmax(labels[e] / T, dim=1),
@@ -272,8 +274,8 @@ def test_online_and_stored_losses_match(small, online_and_stored):
     s = student(2)
     pos = torch.tensor([0, 4, 8, 12, 39])
     for e in range(EPOCHS):
-        lo = on.loss(s, small, pos, e, torch_generator(0, "augment", e))
-        ls = st.loss(s, small, pos, e, torch_generator(0, "augment", e))
+        lo = on.loss(s, small, pos, e, torch_generator(0, "augment", e))[0]
+        ls = st.loss(s, small, pos, e, torch_generator(0, "augment", e))[0]
         torch.testing.assert_close(ls, lo, rtol=2e-3, atol=1e-6)
 
 
@@ -375,7 +377,7 @@ def test_regime_loss_applies_t2_only_when_asked(teacher, small):
         for name, cls in (("sl", FixedSoftLabels), ("sl_kd", FreshSoftLabels)):
             reg = cls(TrainConfig(temperature=20.0, t2_scale=scale, augment="crop"), 0, teacher)
             reg.prepare(small, 1)
-            losses[name, scale] = reg.loss(s, small, pos, 0, torch_generator(0, "augment", 0)).item()
+            losses[name, scale] = reg.loss(s, small, pos, 0, torch_generator(0, "augment", 0))[0].item()
     for name in ("sl", "sl_kd"):
         assert losses[name, True] == pytest.approx(400.0 * losses[name, False], rel=1e-5)
 
@@ -394,7 +396,7 @@ grid: {selector: [random, herding], regime: [hl, sl, sl_kd], ipc: [3], seed: [0]
 def test_regimes_of_one_subset_train_the_same_images():
     from orchestrator.grid import expand
     from orchestrator.spec import parse_spec
-    from workers.registry import requires, subset_key
+    from workers.graph import requires, subset_key
 
     spec = parse_spec(SPEC)
     trials = expand(spec)

@@ -1,4 +1,4 @@
-"""Known-answer tests for workers.selectors.algorithms (METHODS.md §4.2–4.3, §4.7–4.8, §4.10).
+"""Known-answer tests for workers.selectors.algorithms (docs/methods.md §4.2–4.3, §4.7–4.8, §4.10).
 
 Against brute-force references written here.
 """
@@ -225,7 +225,7 @@ def test_kmeans_medoid_seeded():
 
 
 def _alloc_reference(sizes: list[int], budget: int) -> list[int]:
-    """The METHODS §4.7 procedure written out directly (ties visited by stratum index)."""
+    """The docs/methods.md §4.7 procedure written out directly (ties visited by stratum index)."""
     left = sorted((s, i) for i, s in enumerate(sizes) if s > 0)
     out = [0] * len(sizes)
     while left:

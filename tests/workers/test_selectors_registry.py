@@ -1,4 +1,4 @@
-"""Every registered selector through the real stage mechanism on digits (METHODS.md §4 contract).
+"""Every registered selector through the real stage mechanism on digits (docs/methods.md §4 contract).
 
 The shared inputs (teacher, teacher features, training-dynamics runs) are built once per module by
 `workers.stages.build` into a temporary artifact store; each parametrised case then builds its subset stage.
@@ -15,13 +15,15 @@ from orchestrator.grid import expand
 from orchestrator.spec import parse_spec
 from workers import stages
 from workers.artifacts import ArtifactStore
-from workers.registry import SELECTORS, selector_inputs, stage_deps, subset_key
+from workers.catalogue import SELECTORS
+from workers.data import load_splits
+from workers.graph import selector_inputs, stage_deps, subset_key
 from workers.selectors import SelectContext
 
 NAMES = SELECTORS.names()
 # Distillers are declared in the same registry but synthesise images (images.npy + labels.npy), not train ids:
 # the id contract below does not apply to them.
-DISTILLERS = {n for n in NAMES if SELECTORS[n].meta.get("distiller")}
+DISTILLERS = {n for n in NAMES if SELECTORS[n].distiller}
 SUBSET_NAMES = [n for n in NAMES if n not in DISTILLERS]
 IPCS = (1, 4)
 SEEDS = (0, 1)
@@ -63,7 +65,7 @@ def trials():
 
 @pytest.fixture(scope="module")
 def splits(trials):
-    return stages.load_splits(next(iter(trials.values())).dataset.to_json())
+    return load_splits(next(iter(trials.values())).dataset)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +98,14 @@ def test_selector_contract(name, ipc, trials, splits, stores, monkeypatch):
     key = subset_key(trial)
     assert not store_a.exists(key)
     stages.build(key, store_a)
-    idx = stages.load_subset(key, store_a)
+    idx = np.load(store_a.path(key) / "indices.npy")
 
     # What the selector was given: train labels only, and inputs over the train split only.
     assert len(seen) == 1
     ctx = seen[0]
     assert len(ctx.labels) == n_train and np.array_equal(ctx.labels, splits.train_y)
     assert ctx.ipc == ipc and ctx.seed == 0 and ctx.num_classes == splits.num_classes
-    meta_inputs = SELECTORS[name].meta.get("inputs", ())
+    meta_inputs = SELECTORS[name].inputs
     assert (ctx.features is not None) == ("features" in meta_inputs)
     assert (ctx.dynamics is not None) == ("dynamics" in meta_inputs)
     if ctx.features is not None:
@@ -126,13 +128,13 @@ def test_selector_contract(name, ipc, trials, splits, stores, monkeypatch):
 
     # Deterministic: the same trial in another store (same inputs) gives the same ids.
     stages.build(key, store_b)
-    assert np.array_equal(stages.load_subset(key, store_b), idx)
+    assert np.array_equal(np.load(store_b.path(key) / "indices.npy"), idx)
 
     # Seeds: stochastic methods differ, seed-free ones do not.
     other = subset_key(trials[name, ipc, 1])
     assert other != key
     stages.build(other, store_a)
-    idx1 = stages.load_subset(other, store_a)
+    idx1 = np.load(store_a.path(other) / "indices.npy")
     if name in STOCHASTIC and not (name == "kmeans_medoid" and ipc == 1):
         assert not np.array_equal(idx, idx1), f"{name}: seeds 0 and 1 chose the same images"
     if name in SEED_FREE or (name == "kmeans_medoid" and ipc == 1):
@@ -144,7 +146,7 @@ def _subset(trials, stores, name, ipc=4, seed=0):
     store = stores[0]
     key = subset_key(trials[name, ipc, seed])
     stages.build(key, store)
-    return stages.load_subset(key, store)
+    return np.load(store.path(key) / "indices.npy")
 
 
 def _dynamics(trials, stores, name, what, ipc=4):
@@ -216,7 +218,7 @@ def test_distiller_contract(name, ipc, tmp_path_factory):
     trial = next(t for t in expand(parse_spec(DISTILL_SPEC)) if t.selector.name == name and t.ipc == ipc)
     store = ArtifactStore(tmp_path_factory.mktemp(f"distill-{name}-{ipc}"))
     stages.build(subset_key(trial), store)
-    splits = stages.load_splits(trial.dataset.to_json())
+    splits = load_splits(trial.dataset)
     x, y, idx = stages.load_training_set(subset_key(trial), store, splits)
     assert idx is None and x.dtype == np.uint8 and x.shape == (10 * ipc, *splits.image_shape)
     assert np.array_equal(y, np.repeat(np.arange(10), ipc))

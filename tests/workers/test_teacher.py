@@ -1,4 +1,4 @@
-"""Teachers (METHODS.md §3): trained or loaded, measured against a floor on minival, always frozen in eval mode."""
+"""Teachers (docs/methods.md §3): trained or loaded, measured against a floor on minival, always frozen in eval mode."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from workers import models, stages
 from workers.artifacts import ArtifactStore
 from workers.config import DatasetConfig, Named, TeacherConfig, _frozen_options
-from workers.data import DataError
-from workers.registry import teacher_key
+from workers.data import DataError, load_splits
+from workers.graph import teacher_key
 from workers.teacher import full_train_tensors, load_teacher, load_weights, logits_and_features
 from workers.train import evaluate
 
@@ -30,7 +30,7 @@ def tcfg(**kw) -> TeacherConfig:
 
 @pytest.fixture(scope="module")
 def splits():
-    return stages.load_splits(DATASET.to_json())
+    return load_splits(DATASET)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_teacher_below_the_floor_is_refused(tmp_path):
     with pytest.raises(DataError, match="below the floor"):
         stages.build(key, store)
     assert not store.exists(key)
-    with pytest.raises(DataError):
+    with pytest.raises(FileNotFoundError, match="not built"):
         load_teacher(key, store, "cpu")
 
 
@@ -164,6 +164,7 @@ grid: {{selector: [random], regime: [sl], ipc: [2], seed: [0]}}
     wkey = teacher_key(spec.dataset, spec.teacher)
     assert wkey != key
     other = ArtifactStore(tmp_path / "store")
+    stages.build(wkey, other)
     loaded = load_teacher(wkey, other, "cpu")
     assert other.manifest(wkey)["minival_top1"] == pytest.approx(store.manifest(key)["minival_top1"], abs=1e-12)
     x = torch.as_tensor(np.ascontiguousarray(splits.test_x)).float()

@@ -49,7 +49,7 @@ def test_a_corrupted_subset_artifact_is_rebuilt_before_the_trial_reads_it(tmp_pa
     import numpy as np
 
     from workers.artifacts import clear_process_cache
-    from workers.registry import subset_key
+    from workers.graph import subset_key
 
     cfg = make_cfg(budget=BudgetConfig("epochs", 3))
     a = run_trial(cfg, TrialContext(artifacts_root=tmp_path))

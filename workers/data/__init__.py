@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from workers.catalogue import DATASETS
+from workers.config import DatasetConfig
 
 
 class DataError(Exception):
@@ -51,3 +56,10 @@ def stratified_split(
         minival.append(idx[n_test : n_test + minival_per_class])
         train.append(idx[n_test + minival_per_class :])
     return tuple(np.sort(np.concatenate(part)) for part in (train, minival, test))  # type: ignore[return-value]
+
+
+def load_splits(dataset: DatasetConfig | Mapping[str, Any]) -> Splits:
+    """The splits of a data set, from its config (or the config's JSON form, as stored in artifact keys)."""
+    if not isinstance(dataset, DatasetConfig):
+        dataset = DatasetConfig.from_json(dataset)
+    return DATASETS[dataset.name].load()(root=dataset.root, **dataset.opts)

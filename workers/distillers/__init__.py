@@ -1,7 +1,7 @@
 """Distillers: produce IPC synthetic images per class (uint8, never JPEG) instead of choosing real ones.
 
 A distiller is a function (DistillContext) -> (images uint8 (n, C, H, W), labels int64 (n,)), declared
-in workers.registry like a selector. The stage that calls it stores images.npy + labels.npy; the
+in workers.catalogue like a selector. The stage that calls it stores images.npy + labels.npy; the
 trial then trains on them under any label regime exactly as it trains on a coreset.
 """
 

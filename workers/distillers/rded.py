@@ -1,15 +1,15 @@
-"""RDED and CA2D (METHODS.md §5.3-5.4): observer-scored real crops, the most realistic stitched factor x factor."""
+"""RDED and CA2D (docs/methods.md §5.3-5.4): observer-scored real crops, the most realistic stitched factor x factor."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.catalogue import rded_factor
 from workers.distillers import DistillContext
 from workers.distillers.sre2l import random_resized_box
 from workers.seeding import torch_generator
@@ -19,17 +19,8 @@ from workers.selectors import derived_rng
 POOLS = ("cad_top", "cad_coreset")
 
 
-def resolve_factor(factor: Any, side: int) -> int:
-    """`factor` option: "auto" = 2 for images >= 64 px (RDED's ImageNet setting), else 1 (its 32-px conv scripts)."""
-    if factor == "auto":
-        return 2 if side >= 64 else 1
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise ValueError(f"factor must be 'auto' or an integer >= 1, got {factor!r}")
-    return int(factor)
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# pools (METHODS.md §5.3 step 1; §5.4)
+# pools (docs/methods.md §5.3 step 1; §5.4)
 
 
 def draw_pool(labels: np.ndarray, c: int, mipc: int, seed: int) -> np.ndarray:
@@ -43,7 +34,7 @@ def draw_pool(labels: np.ndarray, c: int, mipc: int, seed: int) -> np.ndarray:
 
 
 def cad_pool(cad: np.ndarray, labels: np.ndarray, c: int, size: int, seed: int) -> np.ndarray:
-    """CA2D's pool (METHODS.md §5.4): the `size` highest-CAD train indices of class c (ties broken by a generator
+    """CA2D's pool (docs/methods.md §5.4): the `size` highest-CAD train indices of class c (ties broken by a generator
     from (seed, "distill.ca2d.pool", c), as the selectors do); all of the class when it has <= size. Sorted."""
     cad = np.asarray(cad)
     labels = np.asarray(labels)
@@ -56,7 +47,7 @@ def cad_pool(cad: np.ndarray, labels: np.ndarray, c: int, size: int, seed: int) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# crops, scoring, selection, stitching (METHODS.md §5.3 steps 2-5)
+# crops, scoring, selection, stitching (docs/methods.md §5.3 steps 2-5)
 
 
 def random_crops(
@@ -97,7 +88,7 @@ def pad_to_canvas(patches: torch.Tensor, height: int, width: int) -> torch.Tenso
 def observer_ce(
     observer: nn.Module, patches: torch.Tensor, label: int, canvas: tuple[int, int], batch_size: int = 1024
 ) -> torch.Tensor:
-    """−log p(label | patch) under the observer for normalised patches (n, C, h, w) (METHODS.md §5.3 step 3).
+    """−log p(label | patch) under the observer for normalised patches (n, C, h, w) (docs/methods.md §5.3 step 3).
 
     Patches smaller than the canvas are zero-padded, centred, first. (reconstruction) "zero" is 0 in normalised
     space, i.e. the per-channel mean colour: the padding is applied to the normalised tensor the observer sees.
@@ -115,7 +106,7 @@ def select_patches(ce: np.ndarray | torch.Tensor, n_keep: int) -> tuple[np.ndarr
     """(P, crops) observer CE -> (image positions, crop positions) of the n_keep chosen patches, lowest CE first.
 
     Per image the lowest-CE crop (first on ties), then the n_keep images whose best crop has the lowest CE
-    (stable: ties keep pool order) (METHODS.md §5.3 step 4).
+    (stable: ties keep pool order) (docs/methods.md §5.3 step 4).
     """
     ce = np.asarray(ce.detach().cpu() if isinstance(ce, torch.Tensor) else ce, dtype=np.float64)
     if ce.ndim != 2:
@@ -130,7 +121,7 @@ def select_patches(ce: np.ndarray | torch.Tensor, n_keep: int) -> tuple[np.ndarr
 
 def stitch(patches: torch.Tensor | np.ndarray, ipc: int, factor: int) -> torch.Tensor:
     """(ipc·factor², C, h, w) -> (ipc, C, factor·h, factor·w): patch k·ipc + i fills cell k of image i, cells in
-    row-major order (cell k at row k // factor, column k % factor) (METHODS.md §5.3 step 5: ranks mixed)."""
+    row-major order (cell k at row k // factor, column k % factor) (docs/methods.md §5.3 step 5: ranks mixed)."""
     p = torch.as_tensor(patches)
     n, ch, h, w = p.shape
     if n != ipc * factor * factor:
@@ -187,9 +178,8 @@ def _observer(ctx: DistillContext) -> nn.Module:
 def _run(ctx: DistillContext, pool: Callable[[int, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     opts = ctx.opts
     shape = tuple(int(v) for v in ctx.train_x.shape[1:])
-    factor = resolve_factor(opts.get("factor", "auto"), min(shape[1], shape[2]))
-    crops = int(opts.get("crops", 5))
-    min_scale = float(opts.get("crop_min_scale", 0.08))
+    factor = rded_factor(opts["factor"], min(shape[1], shape[2]))
+    crops, min_scale = opts["crops"], opts["crop_min_scale"]
     observer = _observer(ctx)
     out = []
     for c in range(ctx.num_classes):
@@ -216,15 +206,14 @@ def _run(ctx: DistillContext, pool: Callable[[int, int], np.ndarray]) -> tuple[n
 
 
 def rded(ctx: DistillContext) -> tuple[np.ndarray, np.ndarray]:
-    """RDED (METHODS.md §5.3). Options: mipc (300), crops (5), factor ("auto"), crop_min_scale (0.08)."""
-    mipc = int(ctx.opts.get("mipc", 300))
-    return _run(ctx, lambda c, factor: draw_pool(ctx.train_y, c, mipc, ctx.seed))
+    """RDED (docs/methods.md §5.3), with the options declared in workers.catalogue (mipc, crops, factor, ...)."""
+    return _run(ctx, lambda c, factor: draw_pool(ctx.train_y, c, ctx.opts["mipc"], ctx.seed))
 
 
 def ca2d_pool(
     cad: np.ndarray, labels: np.ndarray, c: int, mode: str, mipc: int, ipc: int, factor: int, seed: int
 ) -> np.ndarray:
-    """The CA2D pool of class c (METHODS.md §5.4, reconstruction): `cad_top` = the top-mipc by CAD (mirrors RDED's
+    """The CA2D pool of class c (docs/methods.md §5.4, reconstruction): `cad_top` = the top-mipc by CAD (mirrors RDED's
     mipc = 300); `cad_coreset` = the CAD-Prune coreset of the patch budget, top ipc·factor² by CAD, one patch each."""
     if mode not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {mode!r}")
@@ -232,7 +221,7 @@ def ca2d_pool(
 
 
 def ca2d(ctx: DistillContext) -> tuple[np.ndarray, np.ndarray]:
-    """CA2D (paper §5; METHODS.md §5.4): RDED (same observer, crops, factor) on a CAD-ranked pool.
+    """CA2D (paper §5; docs/methods.md §5.4): RDED (same observer, crops, factor) on a CAD-ranked pool.
 
     Options: RDED's plus pool ("cad_top" | "cad_coreset"); the CAD options reach ctx.cad_scores, not this code.
     (reconstruction) With cad_coreset every pool image gives its best crop and all of them are stitched (the pool
@@ -241,6 +230,5 @@ def ca2d(ctx: DistillContext) -> tuple[np.ndarray, np.ndarray]:
     if ctx.cad_scores is None:
         raise ValueError("ca2d needs CAD scores (inputs=('teacher', 'dynamics')); none were given")
     cad = np.asarray(ctx.cad_scores())
-    mode = str(ctx.opts.get("pool", "cad_top"))
-    mipc = int(ctx.opts.get("mipc", 300))
+    mode, mipc = ctx.opts["pool"], ctx.opts["mipc"]
     return _run(ctx, lambda c, factor: ca2d_pool(cad, ctx.train_y, c, mode, mipc, ctx.ipc, factor, ctx.seed))

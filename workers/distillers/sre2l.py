@@ -1,4 +1,4 @@
-"""SRe2L recover and its CDA variant (METHODS.md §5.1-5.2): noise optimised to match a BatchNorm teacher."""
+"""SRe2L recover and its CDA variant (docs/methods.md §5.1-5.2): noise optimised to match a BatchNorm teacher."""
 
 from __future__ import annotations
 
@@ -18,44 +18,26 @@ CURRICULA = ("none", "step", "linear", "cosine")
 NO_BN_MESSAGE = (
     "sre2l needs a teacher with BatchNorm layers (e.g. teacher: {arch: convnet, norm: batch}); this teacher has none"
 )
-ADAM_BETAS = (0.5, 0.9)  # METHODS.md §5.1
+ADAM_BETAS = (0.5, 0.9)  # docs/methods.md §5.1
 
 
 @dataclass(frozen=True)
 class RecoverOptions:
-    """The recover hyper-parameters (METHODS.md §5.1; published settings except iterations, see registry)."""
+    """The recover hyper-parameters: the resolved options of `sre2l` or `cda` (workers.catalogue holds their
+    defaults and bounds; docs/methods.md §5.1). `curriculum`/`milestone` are CDA's; SRe2L has no curriculum."""
 
-    iterations: int = 1000
-    lr: float = 0.25
-    r_bn: float = 0.01
-    first_bn_multiplier: float = 10.0
-    batch_classes: int = 100
-    crop_min_scale: float = 0.08
-    curriculum: str = "none"
-    milestone: float = 1.0
-
-    @classmethod
-    def from_opts(cls, opts: dict[str, Any], default_curriculum: str = "none") -> RecoverOptions:
-        d = cls()
-        o = cls(
-            iterations=int(opts.get("iterations", d.iterations)),
-            lr=float(opts.get("lr", d.lr)),
-            r_bn=float(opts.get("r_bn", d.r_bn)),
-            first_bn_multiplier=float(opts.get("first_bn_multiplier", d.first_bn_multiplier)),
-            batch_classes=int(opts.get("batch_classes", d.batch_classes)),
-            crop_min_scale=float(opts.get("crop_min_scale", d.crop_min_scale)),
-            curriculum=str(opts.get("curriculum", default_curriculum)),
-            milestone=float(opts.get("milestone", d.milestone)),
-        )
-        if o.curriculum not in CURRICULA:
-            raise ValueError(f"curriculum must be one of {CURRICULA}, got {o.curriculum!r}")
-        if o.iterations < 0 or o.batch_classes < 1 or not 0.0 < o.crop_min_scale <= 1.0:
-            raise ValueError(f"bad recover options {o}")
-        return o
+    iterations: int
+    lr: float
+    r_bn: float
+    first_bn_multiplier: float
+    batch_classes: int
+    crop_min_scale: float
+    curriculum: str = "none"  # SRe2L
+    milestone: float = 0.0  # unused without a curriculum
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# BatchNorm statistics loss (METHODS.md §5.1)
+# BatchNorm statistics loss (docs/methods.md §5.1)
 
 
 def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -66,7 +48,7 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 class BNStatHooks:
     """Forward hooks on every BatchNorm2d that record ||mu(x) - running_mean||_2 + ||var(x) - running_var||_2.
 
-    x is the layer's INPUT; statistics over (N, H, W); variance biased (METHODS.md §5.1). Use as a context manager;
+    x is the layer's INPUT; statistics over (N, H, W); variance biased (docs/methods.md §5.1). Use as a context manager;
     `terms` holds one scalar tensor per BN layer of the last forward pass, in call order.
     """
 
@@ -96,26 +78,12 @@ class BNStatHooks:
         self._handles = []
 
     def weighted(self, first_bn_multiplier: float) -> torch.Tensor:
-        """Σ_l m_l · term_l with m_1 = first_bn_multiplier, else 1 (METHODS.md §5.1)."""
+        """Σ_l m_l · term_l with m_1 = first_bn_multiplier, else 1 (docs/methods.md §5.1)."""
         return sum(t * (first_bn_multiplier if i == 0 else 1.0) for i, t in enumerate(self.terms))  # type: ignore
 
 
-def bn_loss_terms(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One teacher forward on normalised x: (logits, unweighted per-BN-layer terms). Raises ValueError without BN."""
-    with BNStatHooks(teacher) as hooks:
-        logits = teacher(x)
-    return logits, hooks.terms
-
-
-def bn_matching_loss(teacher: nn.Module, x: torch.Tensor, first_bn_multiplier: float = 10.0) -> torch.Tensor:
-    """Σ_l m_l (||μ_l(x) − running_mean_l||₂ + ||σ²_l(x) − running_var_l||₂) (METHODS.md §5.1)."""
-    with BNStatHooks(teacher) as hooks:
-        teacher(x)
-    return hooks.weighted(first_bn_multiplier)
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# augmentation: one RandomResizedCrop box + flip for the whole batch, then a roll (METHODS.md §5.1)
+# augmentation: one RandomResizedCrop box + flip for the whole batch, then a roll (docs/methods.md §5.1)
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -156,7 +124,7 @@ def random_resized_box(
 
 
 def crop_scale_lower(it: int, iterations: int, curriculum: str, min_scale: float, milestone: float) -> float:
-    """RRC scale lower bound at iteration `it` (METHODS.md §5.2).
+    """RRC scale lower bound at iteration `it` (docs/methods.md §5.2).
 
     "none" (SRe2L): min_scale throughout. CDA: progress p = it / (milestone · iterations), capped at 1; the bound
     goes from 1.0 (p = 0) to min_scale (p = 1) and then stays: `step` holds 1.0 until p = 1 then drops, `linear`
@@ -186,7 +154,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, min_scale: float) -> torch.Te
     )
     if float(torch.rand((), generator=gen)) < 0.5:
         out = out.flip(3)
-    # (reconstruction) the roll's sign: METHODS only bounds its size; we draw both directions (DeepInversion-style).
+    # (reconstruction) the roll's sign: the paper only bounds its size; we draw both directions (DeepInversion-style).
     dy = _randint(gen, -(height // 7), height // 7)
     dx = _randint(gen, -(width // 7), width // 7)
     return torch.roll(out, shifts=(dy, dx), dims=(2, 3))
@@ -212,16 +180,6 @@ def to_uint8(x: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x.detach() * s + m) * 255.0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
 
 
-def normalise(
-    images: np.ndarray, mean: np.ndarray, std: np.ndarray, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """uint8 (n, C, H, W) -> (x/255 − mean)/std as float32 on device."""
-    x = torch.as_tensor(np.ascontiguousarray(images), device=device).float() / 255.0
-    m = torch.as_tensor(np.asarray(mean, np.float32), device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(np.asarray(std, np.float32), device=device).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 def recover_batch(
     teacher: nn.Module,
     targets: torch.Tensor,
@@ -233,7 +191,7 @@ def recover_batch(
     aug_gen: torch.Generator,
     trace: list[dict[str, float]] | None = None,
 ) -> torch.Tensor:
-    """Optimise one batch of synthetic images (one per target) in normalised space (METHODS.md §5.1-5.2).
+    """Optimise one batch of synthetic images (one per target) in normalised space (docs/methods.md §5.1-5.2).
 
     Returns the last iterate (SRe2L's "store best" is dead code), normalised, inside the valid range (the noise
     init is clamped only by the first step; with iterations = 0 the raw init comes back). `trace`, when given, gets
@@ -291,8 +249,9 @@ def _teacher_with_bn(ctx: DistillContext) -> nn.Module:
     return teacher
 
 
-def _recover(ctx: DistillContext, default_curriculum: str) -> tuple[np.ndarray, np.ndarray]:
-    opts = RecoverOptions.from_opts(ctx.opts, default_curriculum)
+def recover(ctx: DistillContext) -> tuple[np.ndarray, np.ndarray]:
+    """SRe2L recover (docs/methods.md §5.1); with CDA's options (a crop-scale curriculum) it is CDA (§5.2)."""
+    opts = RecoverOptions(**ctx.opts)
     teacher = _teacher_with_bn(ctx)
     device = next(teacher.parameters()).device
     shape = tuple(int(s) for s in ctx.train_x.shape[1:])
@@ -317,13 +276,3 @@ def _recover(ctx: DistillContext, default_curriculum: str) -> tuple[np.ndarray, 
     images = out.reshape(ctx.num_classes * ctx.ipc, *shape)
     labels = np.repeat(np.arange(ctx.num_classes, dtype=np.int64), ctx.ipc)
     return images, labels
-
-
-def recover(ctx: DistillContext) -> tuple[np.ndarray, np.ndarray]:
-    """SRe2L recover (METHODS.md §5.1); `curriculum` other than "none" turns it into CDA (§5.2)."""
-    return _recover(ctx, "none")
-
-
-def cda(ctx: DistillContext) -> tuple[np.ndarray, np.ndarray]:
-    """CDA (METHODS.md §5.2): SRe2L recover with the crop-scale curriculum, "cosine" unless opts say otherwise."""
-    return _recover(ctx, "cosine")

@@ -1,4 +1,4 @@
-"""Selectors: functions (SelectContext) -> sorted train indices, IPC per class. Declared in workers.registry."""
+"""Selectors: functions (SelectContext) -> sorted train indices, IPC per class. Declared in workers.catalogue."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class SelectContext:
 
 
 def derived_rng(seed: int, purpose: str, *extra: int) -> np.random.Generator:
-    """A generator from (seed, purpose, extra...): DESIGN.md §8, never global state or the clock."""
+    """A generator from (seed, purpose, extra...): docs/design.md §8, never global state or the clock."""
     import zlib
 
     return np.random.default_rng([seed, zlib.crc32(purpose.encode()), *extra])

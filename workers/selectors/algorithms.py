@@ -1,11 +1,11 @@
-"""Per-class selection kernels (METHODS.md §4.2–4.3, §4.7–4.8, §4.10).
+"""Per-class selection kernels (docs/methods.md §4.2–4.3, §4.7–4.8, §4.10).
 
 Top-k, EL2N window, herding, k-center, k-means medoids, CCS and D²-Pruning.
 
 Each kernel sees the candidates of ONE class (scores (n,) and/or features (n, D)) and returns positions into those
 arrays: sorted ascending, unique, exactly `ipc` long; fewer than `ipc` candidates is a ValueError (the selector
 wrapping a kernel maps positions back to train indices and names the class). Randomness only from a numpy
-Generator passed in (DESIGN.md §8); never global RNG or the clock. Numpy only, no torch.
+Generator passed in (docs/design.md §8); never global RNG or the clock. Numpy only, no torch.
 """
 
 from __future__ import annotations
@@ -82,17 +82,17 @@ def _done(picks: np.ndarray | list[int], ipc: int) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, ipc: int, highest: bool, rng: np.random.Generator) -> np.ndarray:
-    """The ipc highest (or lowest) scores; ties broken by a permutation drawn from rng (METHODS.md §4 contract)."""
+    """The ipc highest (or lowest) scores; ties broken by a permutation drawn from rng (docs/methods.md §4 contract)."""
     s = _scores(scores)
     _check_ipc(len(s), ipc)
     return _done(_rank(s, highest, rng)[:ipc], ipc)
 
 
 def window(scores: np.ndarray, ipc: int, offset: float) -> np.ndarray:
-    """EL2N window (METHODS.md §4.10): sort by score descending (hardest first; stable, so equal scores keep
+    """EL2N window (docs/methods.md §4.10): sort by score descending (hardest first; stable, so equal scores keep
     position order), take ipc consecutive from start round(offset·(n − ipc)). offset 0 = hardest, 1 = easiest.
 
-    round() here rounds half up (METHODS.md only says "round"). Deterministic: no rng.
+    round() here rounds half up (the method only says "round"). Deterministic: no rng.
     """
     s = _scores(scores)
     n = len(s)
@@ -109,10 +109,10 @@ def window(scores: np.ndarray, ipc: int, offset: float) -> np.ndarray:
 
 
 def herding_order(feats: np.ndarray, ipc: int) -> np.ndarray:
-    """Welling herding, ARGMIN convention (METHODS.md §4.2): positions in pick order.
+    """Welling herding, ARGMIN convention (docs/methods.md §4.2): positions in pick order.
 
     x_t = argmin over unselected x of ||t·mu − sum_{s<t} phi(x_s) − phi(x)||_2, so the running mean tracks mu.
-    (DeepCore's argmax is a bug, METHODS.md §4.2.) Ties go to the lowest position. Deterministic.
+    (DeepCore's argmax is a bug, docs/methods.md §4.2.) Ties go to the lowest position. Deterministic.
     """
     x = _feats(feats)
     n = len(x)
@@ -135,7 +135,7 @@ def herding_order(feats: np.ndarray, ipc: int) -> np.ndarray:
 
 
 def herding(feats: np.ndarray, ipc: int) -> np.ndarray:
-    """Herding selection (METHODS.md §4.2), sorted positions."""
+    """Herding selection (docs/methods.md §4.2), sorted positions."""
     return _done(herding_order(feats, ipc), ipc)
 
 
@@ -157,7 +157,7 @@ def _medoid(x: np.ndarray, block_rows: int = 1024) -> int:
 def kcenter_order(
     feats: np.ndarray, ipc: int, rng: np.random.Generator, first: Literal["random", "medoid"] = "random"
 ) -> np.ndarray:
-    """Greedy farthest-point k-center (Sener & Savarese; METHODS.md §4.3), positions in pick order.
+    """Greedy farthest-point k-center (Sener & Savarese; docs/methods.md §4.3), positions in pick order.
 
     First centre: a position drawn from rng, or the class medoid. Then repeatedly add argmax of d, d_i = min
     distance to the chosen centres, updated as d <- min(d, ||phi − phi_new||): O(n) memory (no budget × n matrix).
@@ -192,12 +192,12 @@ def kcenter_order(
 def kcenter(
     feats: np.ndarray, ipc: int, rng: np.random.Generator, first: Literal["random", "medoid"] = "random"
 ) -> np.ndarray:
-    """k-center greedy selection (METHODS.md §4.3), sorted positions."""
+    """k-center greedy selection (docs/methods.md §4.3), sorted positions."""
     return _done(kcenter_order(feats, ipc, rng, first), ipc)
 
 
 def kmeans_medoid(feats: np.ndarray, ipc: int, rng: np.random.Generator, iters: int = 50) -> np.ndarray:
-    """k-means medoids (METHODS.md §4.3, marked (reconstruction) there): per class k-means with k = ipc
+    """k-means medoids (docs/methods.md §4.3, marked (reconstruction) there): per class k-means with k = ipc
     (k-means++ init from rng, at most `iters` Lloyd steps, stopping when assignments stop changing), then the real
     sample nearest each centroid.
 
@@ -265,12 +265,12 @@ def kmeans_medoid(feats: np.ndarray, ipc: int, rng: np.random.Generator, iters: 
 
 
 def ccs_allocation(bin_sizes: np.ndarray | list[int], budget: int, rng: np.random.Generator | None = None) -> list[int]:
-    """CCS budget split over strata (METHODS.md §4.7 step 3).
+    """CCS budget split over strata (docs/methods.md §4.7 step 3).
 
     Visit the non-empty strata in increasing size; each gets min(size, floor(remaining budget / remaining strata)).
     The total is min(budget, sum of sizes) and no stratum gets more than its size. When budget < #non-empty
     strata, floor() gives 0 until exactly `budget` strata remain, so precisely the `budget` largest strata get one
-    each. Tie rule (reconstruction; METHODS.md gives none): among strata of equal size, the visiting order is the
+    each. Tie rule (reconstruction; the paper gives none): among strata of equal size, the visiting order is the
     stratum index (lower score range first, so the higher-score stratum of a tie is favoured) when rng is None,
     else a permutation drawn from rng. Empty strata get 0 (visiting them first, as the CCS code does, is the same).
     """
@@ -299,13 +299,13 @@ def ccs(
     strata: int = 50,
     hard_high: bool = True,
 ) -> np.ndarray:
-    """Coverage-centric coreset selection (Zheng et al.; METHODS.md §4.7), per class with budget ipc.
+    """Coverage-centric coreset selection (Zheng et al.; docs/methods.md §4.7), per class with budget ipc.
 
     (1) Drop the hardest floor(hard_drop·n) candidates (highest score if hard_high, e.g. EL2N/forgetting; lowest if
     not, e.g. AUM), capped so at least ipc remain; ties at the cut broken by rng. (2) Split the remaining score
     range [min, max] into `strata` equal-width bins (a score on an inner edge goes to the upper bin, the max to the
     last bin; all-equal scores form one bin). (3) ccs_allocation. (4) Sample uniformly without replacement inside
-    each bin with rng. hard_drop default 0.3 is a config default (β at IPC scale is unknown, METHODS.md §4.7).
+    each bin with rng. hard_drop default 0.3 is a config default (β at IPC scale is unknown, docs/methods.md §4.7).
     """
     s = _scores(scores)
     n = len(s)
@@ -337,7 +337,9 @@ def ccs(
 
 
 def knn_graph(feats: np.ndarray, k: int, block_rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse k-NN graph by Euclidean distance, self excluded (METHODS.md §4.8): (indices (n, k), distances (n, k)).
+    """Sparse k-NN graph by Euclidean distance, self excluded (docs/methods.md §4.8).
+
+    Returns (indices (n, k), distances (n, k)).
 
     Rows are processed in blocks of `block_rows`, so at most block_rows × n distances exist at once (no dense
     n × n matrix). Candidates come from the expanded squared distance; the k kept distances are then recomputed
@@ -369,7 +371,9 @@ def knn_graph(feats: np.ndarray, k: int, block_rows: int = 1024) -> tuple[np.nda
 
 
 def d2_forward(scores: np.ndarray, idx: np.ndarray, dist: np.ndarray, gamma_f: float = 1.0) -> np.ndarray:
-    """D² forward message passing ('sum', METHODS.md §4.8): s'_i = s_i + sum_{j in kNN(i)} exp(−gamma_f·d_ij)·s_j."""
+    """D² forward message passing ('sum', docs/methods.md §4.8).
+
+    s'_i = s_i + sum_{j in kNN(i)} exp(−gamma_f·d_ij)·s_j."""
     s = _scores(scores)
     if idx.size == 0:
         return s.copy()
@@ -384,7 +388,7 @@ def d2_reverse(
     gamma_r: float = 0.1,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """D² greedy reverse message passing (METHODS.md §4.8): ipc times, i* = argmax s' over unselected, then for
+    """D² greedy reverse message passing (docs/methods.md §4.8): ipc times, i* = argmax s' over unselected, then for
     j in kNN(i*): s'_j -= exp(−gamma_r·d_{i*j})·s'_{i*}. Returns (positions in pick order, s' after the last pick).
     Ties in argmax: lowest position, or a permutation from rng when given.
     """
@@ -414,7 +418,7 @@ def d2(
     gamma_r: float = 0.1,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """D²-Pruning per class (METHODS.md §4.8; per-class graph is ddsweep's reconstruction): kNN graph, forward
+    """D²-Pruning per class (docs/methods.md §4.8; per-class graph is ddsweep's reconstruction): kNN graph, forward
     'sum' pass with gamma_f (code: 1.0), greedy reverse pass with gamma_r (README: 0.1). Sorted positions."""
     x = _feats(feats)
     s = _scores(scores)

@@ -1,4 +1,4 @@
-"""Selectors on teacher penultimate features (METHODS.md §4.2, 4.3, 4.8), per class."""
+"""Selectors on teacher penultimate features (docs/methods.md §4.2, 4.3, 4.8), per class."""
 
 from __future__ import annotations
 

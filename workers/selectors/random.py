@@ -1,4 +1,4 @@
-"""`random`: IPC images per class uniformly without replacement (METHODS.md §4.1)."""
+"""`random`: IPC images per class uniformly without replacement (docs/methods.md §4.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Selectors that rank by a training-dynamics score (METHODS.md §4.4-4.9); each documents the end it keeps.
+"""Selectors that rank by a training-dynamics score (docs/methods.md §4.4-4.9); each documents the end it keeps.
 
 Scores come from `dynamics` stages (full-data HL runs of the student architecture, see
 workers/scores/recording.py); a higher score is always "harder" except AUM, where low is hard.
@@ -61,7 +61,7 @@ def forgetting_easy(ctx: SelectContext) -> np.ndarray:
 def ccs(ctx: SelectContext) -> np.ndarray:
     """CCS (§4.7) on AUM = sum over epochs 1..K of p_y - max other p (low AUM = hard): drop the hardest
     `hard_drop`, stratify the rest into `strata` equal-width bins, allocate the budget, sample in bins."""
-    aum = ctx.dynamics("margin")[0, 1:, :].astype(np.float64).sum(axis=0)
+    aum = dyn.aum(ctx.dynamics("margin")[0, 1:, :])
     o = ctx.opts
     return ctx.per_class(
         lambda idx, c: alg.ccs(

@@ -1,0 +1,108 @@
+"""The artifact graph: which shared stages a trial needs, their content-addressed keys, their dependencies.
+
+No torch. A key hashes exactly the config that produces the artifact (docs/design.md §4), so a
+stage is built once and shared by every trial and sweep that needs the same thing: a subset never
+depends on the regime, nor on what its selector does not read.
+"""
+
+from __future__ import annotations
+
+from workers.catalogue import REGIMES, SELECTORS, STAGES
+from workers.config import ArtifactKey, DatasetConfig, Named, TeacherConfig, TrainConfig, TrialConfig
+
+
+def teacher_key(dataset: DatasetConfig, teacher: TeacherConfig) -> ArtifactKey:
+    return ArtifactKey.make("teacher", {"dataset": dataset.to_json(), "teacher": teacher.to_json()})
+
+
+def features_key(tkey: ArtifactKey) -> ArtifactKey:
+    return ArtifactKey.make("features", {"teacher": tkey.cfg})
+
+
+def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int) -> ArtifactKey:
+    r = recipe
+    return ArtifactKey.make(
+        "dynamics",
+        {
+            "dataset": dataset.to_json(),
+            "arch": arch.to_json(),
+            "epochs": int(epochs),
+            "run": int(run),
+            "recipe": {
+                "optimizer": r.optimizer,
+                "lr": r.lr,
+                "weight_decay": r.weight_decay,
+                "momentum": r.momentum,
+                "batch_size": r.batch_size,
+                "augment": r.augment,
+                "schedule": r.schedule,
+            },
+        },
+    )
+
+
+def needs_teacher(selector: Named, regime: str) -> bool:
+    inputs = SELECTORS[selector.name].inputs
+    return REGIMES[regime].needs_teacher or "features" in inputs or "teacher" in inputs
+
+
+def reads_dynamics(selector: Named) -> bool:
+    return "dynamics" in SELECTORS[selector.name].inputs
+
+
+def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
+    entry = SELECTORS[trial.selector.name]
+    if trial.teacher is None and {"features", "teacher"} & set(entry.inputs):
+        raise ValueError(f"selector {trial.selector.name} needs a teacher; the trial has none")
+    keys = []
+    if "features" in entry.inputs:
+        keys.append(features_key(teacher_key(trial.dataset, trial.teacher)))
+    if "teacher" in entry.inputs:
+        keys.append(teacher_key(trial.dataset, trial.teacher))
+    if "dynamics" in entry.inputs:
+        epochs = entry.score_epochs(trial)
+        recipe = trial.scoring or trial.train
+        keys += [
+            dynamics_key(trial.dataset, trial.student, recipe, epochs, run) for run in range(entry.score_runs(trial))
+        ]
+    return keys
+
+
+def subset_key(trial: TrialConfig) -> ArtifactKey:
+    """The training images of a trial: never depends on the regime, nor on what the selector does not read."""
+    return ArtifactKey.make(
+        "subset",
+        {
+            "dataset": trial.dataset.to_json(),
+            "selector": trial.selector.to_json(),
+            "ipc": trial.ipc,
+            "seed": trial.seed,
+            "inputs": [{"kind": k.kind, "config": k.cfg} for k in selector_inputs(trial)],
+        },
+    )
+
+
+def requires(trial: TrialConfig) -> list[ArtifactKey]:
+    """Artifacts a trial needs before it starts (docs/design.md §4)."""
+    keys = [subset_key(trial)]
+    if trial.teacher is not None:
+        keys.append(teacher_key(trial.dataset, trial.teacher))
+    return keys
+
+
+def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
+    """Artifacts a stage needs before it can be built; the driver builds in dependency order."""
+    cfg = key.cfg
+    if key.kind == "subset":
+        return [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])]
+    if key.kind == "features":
+        return [ArtifactKey.make("teacher", cfg["teacher"])]
+    return []
+
+
+def stage_uses_accelerator(key: ArtifactKey) -> bool:
+    """Stages that train or run a network (teachers, features, score runs, distillers) get the trial's GPU;
+    the selection of real images from stored scores is numpy on a CPU."""
+    if key.kind == "subset":
+        return SELECTORS[key.cfg["selector"]["name"]].distiller
+    return STAGES[key.kind].uses_accelerator
