@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch/torchvision are pinned explicitly first: on this project's machines they install from local disk.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[test]'
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e '.[test]'  # no setuptools banner about editable installs
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,24 +1,38 @@
-"""`ddsweep` command line: validate | plan | run | status | report | list."""
+"""`ddsweep` command line: validate | plan | run | status | report | migrate | reproduce | list.
+
+Every command that reads a sweep names its absolute storage on its first line. Exit codes: 0 ok,
+1 some trials failed (run) or the report could not be written, 2 bad input (the sweep file, a store
+that does not exist), 3 another driver runs the sweep, 4 the store needs `ddsweep migrate`, 5 no Ray
+cluster at --address.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections import Counter
 
-from orchestrator.driver import StaleIds, make_plan, run, stale_message
+from orchestrator.driver import ClusterUnreachable, StaleIds, make_plan, run, stale_message
 from orchestrator.grid import expand
 from orchestrator.lock import DriverLock, SweepLocked
-from orchestrator.report import accuracy_table, current_rows, format_table, write_report
+from orchestrator.report import ReportNotWritten, accuracy_table, current_rows, format_table, write_report
+from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
 from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
-from workers.naming import trial_name
+from workers.naming import selector_label, trial_name
 
+EXIT_FAILED = 1  # some trials failed, or the report could not be written
 EXIT_SPEC = 2  # bad input
 EXIT_LOCKED = 3  # another driver runs the sweep
 EXIT_STALE = 4  # the store needs `ddsweep migrate`
+EXIT_NO_CLUSTER = 5  # --address names no reachable Ray cluster
+
+
+class NoSuchSweep(Exception):
+    """`status`/`report` against a storage that has no folder for the sweep (a mistyped --storage)."""
 
 
 def _load(args) -> SweepSpec:
@@ -28,28 +42,47 @@ def _load(args) -> SweepSpec:
     return spec
 
 
+def _existing_store(spec: SweepSpec) -> SweepStore:
+    store = spec.store()
+    if not store.exists():
+        raise NoSuchSweep(
+            f"storage {spec.storage} has no sweep {spec.name!r} (no folder {store.path()}); check "
+            "--storage or the file's `storage:` (a sweep's folder appears with its first `ddsweep run`)"
+        )
+    return store
+
+
+def _warn_store(spec: SweepSpec, store: SweepStore, grid_ids: set[str], done: set[str]) -> None:
+    """Rows that are damaged, or under an older trial-id rule, are neither counted nor reported: say so."""
+    if store.damaged:
+        where = sorted(set(store.damaged.values()))
+        print(
+            f"warning: {len(store.damaged)} unreadable row(s) in {store.results_dir} (zero bytes or truncated) "
+            f"do not count as done and their trials run again; set aside: {', '.join(where[:3])}"
+            + (" ..." if len(where) > 3 else ""),
+            file=sys.stderr,
+        )
+    stale = store.stale_rows(grid_ids) if done - grid_ids else {}
+    if stale:
+        print(f"warning: {stale_message(spec, stale)}", file=sys.stderr)
+
+
 def cmd_validate(args) -> int:
     spec = _load(args)
-
-    print(f"{args.sweep}: ok ({len(expand(spec))} trials)")
+    print(f"{args.sweep}: ok ({len(expand(spec))} trials), storage {spec.storage}")
     return 0
 
 
 def cmd_plan(args) -> int:
     spec = _load(args)
     p = make_plan(spec)
-    if p.stale:
-        print(f"warning: {stale_message(spec, p.stale)}", file=sys.stderr)
+    full = len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds)
     print(
-        f"sweep {spec.name}: {len(p.trials)} trials = {len(spec.selectors)} selectors x {len(spec.regimes)} "
-        f"regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
-        + (
-            f" minus {len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds) - len(p.trials)} "
-            f"excluded"
-            if spec.exclude
-            else ""
-        )
+        f"sweep {spec.name}, storage {spec.storage}: {len(p.trials)} trials = {len(spec.selectors)} selectors x "
+        f"{len(spec.regimes)} regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
+        + (f" minus {full - len(p.trials)} excluded" if spec.exclude else "")
     )
+    _warn_store(spec, p.store, {t.trial_id for t in p.trials}, p.done_all)
     print(f"  done {len(p.done)}, pending {len(p.pending)}")
     kinds = Counter(k.kind for k in p.stages)
     missing = Counter(k.kind for k in p.stages_missing)
@@ -77,46 +110,48 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-
     spec = _load(args)
     return run(spec, address=args.address, checkpoint_interval_s=args.checkpoint_interval)
 
 
 def cmd_status(args) -> int:
-
     spec = _load(args)
+    store = _existing_store(spec)
     trials = expand(spec)
-    store = spec.store()
+    ids = {t.trial_id for t in trials}
     done = store.done_ids()
     fails = store.failures()
+    started = store.checkpointed_ids()
 
-    def state(t) -> str:
-        if t.trial_id in done:
+    def state(tid: str) -> str:
+        if tid in done:
             return "done"
-        if t.trial_id in fails and fails[t.trial_id].get("final", True):
+        if tid in fails and fails[tid].get("final", True):
             return "failed"
-        if store.has_checkpoint(t.trial_id):
+        if tid in started or tid in fails:
             return "started"
         return "pending"
 
-    _warn_stale(spec, {t.trial_id for t in trials}, done)
-    states = {t.trial_id: state(t) for t in trials}
+    states = {tid: state(tid) for tid in ids}
     total = Counter(states.values())
     order = ("done", "started", "failed", "pending")
     print(
-        f"sweep {spec.name} ({spec.storage}): {len(trials)} trials: "
+        f"sweep {spec.name}, storage {spec.storage}: {len(trials)} trials: "
         + ", ".join(f"{total.get(s, 0)} {s}" for s in order)
     )
+    _warn_store(spec, store, ids, done)
+    labels = {s: selector_label(s) for s in spec.selectors}
     for axis, key in (
-        ("selector", lambda t: t.selector.label()),
+        ("selector", lambda t: labels[t.selector]),
         ("regime", lambda t: t.regime),
         ("ipc", lambda t: t.ipc),
         ("seed", lambda t: t.seed),
     ):
+        counts: dict[object, Counter] = {}
+        for t in trials:
+            counts.setdefault(key(t), Counter())[states[t.trial_id]] += 1
         print(f"  by {axis}:")
-        values = list(dict.fromkeys(key(t) for t in trials))
-        for v in values:
-            c = Counter(states[t.trial_id] for t in trials if key(t) == v)
+        for v, c in counts.items():
             print(f"    {str(v):<28} " + "  ".join(f"{s} {c.get(s, 0)}" for s in order))
     for t in trials:
         f = fails.get(t.trial_id)
@@ -129,26 +164,27 @@ def cmd_status(args) -> int:
 
 def cmd_report(args) -> int:
     spec = _load(args)
-    _warn_stale(spec, {t.trial_id for t in expand(spec)}, spec.store().done_ids())
-    out = write_report(spec)
-    print(format_table(accuracy_table(current_rows(spec))))
+    store = _existing_store(spec)
+    rows = current_rows(spec)
+    print(f"sweep {spec.name}, storage {spec.storage}: {len(rows)} rows")
+    _warn_store(spec, store, {t.trial_id for t in expand(spec)}, store.done_ids())
+    table = accuracy_table(rows)
+    print(format_table(table))
+    try:
+        out = write_report(table, args.out or store.uri("report"))
+    except ReportNotWritten as err:
+        print(f"ddsweep: {err}; the tables are above. Pass --out DIR to write the files elsewhere", file=sys.stderr)
+        return EXIT_FAILED
     print(f"report written to {out}")
     return 0
-
-
-def _warn_stale(spec: SweepSpec, grid_ids: set[str], done: set[str]) -> None:
-    """Rows under an older trial-id rule are neither counted nor reported: say so, and how to fix it."""
-    stale = spec.store().stale_rows(grid_ids) if done - grid_ids else {}
-    if stale:
-        print(f"warning: {stale_message(spec, stale)}", file=sys.stderr)
 
 
 def cmd_migrate(args) -> int:
     """Re-key the rows a change of the trial-id rule left under old ids (docs/design.md §5)."""
     spec = _load(args)
-    store = spec.store()
+    store = _existing_store(spec)
     stale = store.stale_rows({t.trial_id for t in expand(spec)})
-    print(f"sweep {spec.name} ({store.results_dir}): {len(stale)} row(s) under an older trial-id rule")
+    print(f"sweep {spec.name}, storage {spec.storage}: {len(stale)} row(s) under an older trial-id rule")
     if not stale or args.dry_run:
         for old, new in list(stale.items())[:20]:
             print(f"  {old} -> {new}")
@@ -162,8 +198,33 @@ def cmd_migrate(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
+def cmd_reproduce(args) -> int:
+    """Run one finished trial again, in this process, from its row (its config and its thread count), and
+    compare: on the same device and thread count the metrics are the same to the last digit."""
+    import json
 
+    import pyarrow.parquet as pq
+
+    from workers.config import TrialConfig
+    from workers.storage import child_uri
+    from workers.trial import TrialContext, run_trial
+
+    row = pq.read_table(args.row).to_pylist()[0]
+    storage = args.storage or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(args.row))))
+    cfg = TrialConfig.from_json(json.loads(row["config_json"]))
+    threads = args.threads or row.get("num_threads")
+    print(
+        f"reproducing {row['trial_name']} ({row['trial_id']}) with {threads or 'default'} threads, storage {storage}",
+        file=sys.stderr,
+    )
+    got = run_trial(cfg, TrialContext(artifacts_root=child_uri(storage, "artifacts"), num_threads=threads))
+    same = all(got[k] == row[k] for k in ("top1", "top5", "loss", "minival_top1"))
+    got.pop("history")
+    print(json.dumps({"trial_id": cfg.trial_id, "same_as_row": same, **got}, indent=1, default=str))
+    return 0 if same else EXIT_FAILED
+
+
+def cmd_list(args) -> int:
     kinds = {"selectors": SELECTORS, "regimes": REGIMES, "datasets": DATASETS, "archs": ARCHS}
     chosen = [args.kind] if args.kind else list(kinds)
     for k in chosen:
@@ -197,10 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(fn=cmd_run)
     with_sweep("status", "done / started / failed / pending, per axis").set_defaults(fn=cmd_status)
-    with_sweep("report", "accuracy table and curves under <storage>/<sweep>/report/").set_defaults(fn=cmd_report)
+    sp = with_sweep("report", "accuracy table and curves under <storage>/<sweep>/report/")
+    sp.add_argument("--out", default=None, help="write the report files here instead (e.g. for a read-only store)")
+    sp.set_defaults(fn=cmd_report)
     sp = with_sweep("migrate", "re-key rows written under an older trial-id rule (nothing is re-run)")
     sp.add_argument("--dry-run", action="store_true", help="only list what would be re-keyed")
     sp.set_defaults(fn=cmd_migrate)
+    sp = sub.add_parser("reproduce", help="run a finished trial again from its row and compare the metrics")
+    sp.add_argument("row", help="a results row: <storage>/<sweep>/results/<trial_id>.parquet")
+    sp.add_argument("--storage", default=None, help="the storage of its artifacts (default: the row's)")
+    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: the row's num_threads)")
+    sp.set_defaults(fn=cmd_reproduce)
     sp = sub.add_parser("list", help="registered selectors, regimes, datasets, architectures")
     sp.add_argument("kind", nargs="?", choices=("selectors", "regimes", "datasets", "archs"))
     sp.set_defaults(fn=cmd_list)
@@ -215,12 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(err, file=sys.stderr)
         return EXIT_SPEC
+    except NoSuchSweep as err:
+        print(f"ddsweep: {err}", file=sys.stderr)
+        return EXIT_SPEC
     except SweepLocked as err:
         print(f"ddsweep: {err}", file=sys.stderr)
         return EXIT_LOCKED
     except StaleIds as err:
         print(f"ddsweep: {err}", file=sys.stderr)
         return EXIT_STALE
+    except ClusterUnreachable as err:
+        print(f"ddsweep: {err}", file=sys.stderr)
+        return EXIT_NO_CLUSTER
+    except BrokenPipeError:  # `ddsweep status ... | head`: the reader left; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import grid
+from orchestrator.console import quiet_ray
+from orchestrator.console import say as _say
 from orchestrator.lock import DriverLock
 from orchestrator.results import SweepStore
 from orchestrator.spec import SweepSpec
@@ -30,6 +34,8 @@ class Plan:
     stages: list[ArtifactKey]
     stages_missing: list[ArtifactKey]
     stale: dict[str, str]  # rows written under an older trial-id rule: {file id: current id}
+    store: SweepStore  # the store it read (its `damaged` lists rows it found unreadable)
+    done_all: set[str]  # every readable row, the grid's or not
 
 
 class StaleIds(Exception):
@@ -60,13 +66,34 @@ def make_plan(spec: SweepSpec) -> Plan:
         done & ids,
         pending,
         stages,
-        [k for k in stages if not artifacts.exists(k)],
+        artifacts.missing(stages),
         store.stale_rows(ids) if done - ids else {},
+        store,
+        done,
     )
 
 
-def _say(msg: str) -> None:
-    print(f"[ddsweep] {msg}", flush=True)
+class ClusterUnreachable(Exception):
+    """--address names no Ray cluster that answers: fail at once instead of Ray's minutes of retries."""
+
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """A GCS address (host:port) must accept a TCP connection within `timeout_s`; `auto`, `local` and
+    `ray://` client addresses are left to Ray."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as err:
+        why = err.strerror or str(err) if isinstance(err, OSError) else f"{port!r} is not a port"
+        raise ClusterUnreachable(
+            f"cannot reach a Ray cluster at {address} ({why}); start one there (`ray start --head`), give its "
+            "address as HOST:6379 (or `auto` on a cluster node), or leave out --address to run a local Ray"
+        ) from None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -76,6 +103,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address:
+        check_address(address)
         ray.init(address=address, log_to_driver=False)
     else:  # embedded local cluster; dashboard off (it would bind only 127.0.0.1 if enabled)
         ray.init(
@@ -88,10 +116,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         )
 
 
-def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float) -> dict[ArtifactKey, str]:
+def build_stages(
+    keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float
+) -> dict[ArtifactKey, tuple[str, str]]:
     """Build missing shared stages as Ray tasks, de-duplicated, one dependency level at a time.
 
-    Returns {stage: error} for the stages that failed (their dependants are not attempted); the
+    Returns {stage: (error, traceback)} for the stages that failed (their dependants are not attempted); the
     caller records the trials that needed them as failed and runs the rest."""
     import ray
 
@@ -112,7 +142,7 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
     level: dict[ArtifactKey, int] = {}
     for k in keys:  # grid.stages_for lists dependencies before dependants
         level[k] = 1 + max((level.get(d, 0) for d in stage_deps(k)), default=0)
-    failed: dict[ArtifactKey, str] = {}
+    failed: dict[ArtifactKey, tuple[str, str]] = {}
     done = 0
     for lv in sorted(set(level.values())):
         batch = []
@@ -132,10 +162,9 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
             try:
                 ray.get(ref)
             except ray.exceptions.RayTaskError as err:
-                cause = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
-                msg = str(cause).strip().splitlines()[-1]
-                failed[k] = f"stage {k} failed: {msg}"
-                _say(f"  {failed[k]}")
+                text = str(err).strip()  # the remote traceback, ending with the error
+                failed[k] = (f"stage {k} failed: {text.splitlines()[-1]}", text)
+                _say(f"  {failed[k][0]}")
             done += 1
             if i == len(refs) or i % 25 == 0:
                 _say(f"  stages built: {done}/{len(keys)} (level {lv})")
@@ -158,16 +187,48 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
     if plan.stale:
         raise StaleIds(spec, plan.stale)
     _say(
-        f"sweep {spec.name!r}: {len(plan.trials)} trials, {len(plan.done)} done, {len(plan.pending)} pending "
-        f"(storage {spec.storage})"
+        f"sweep {spec.name!r}, storage {spec.storage}: {len(plan.trials)} trials, {len(plan.done)} done, "
+        f"{len(plan.pending)} pending"
     )
+    if plan.store.damaged:
+        _say(
+            f"warning: {len(plan.store.damaged)} unreadable row(s) set aside in {store.results_dir}/.damaged/; "
+            "their trials run again"
+        )
     store.save_spec(spec.source)
     if not plan.pending:
         _say("nothing to run")
         return 0
 
-    init_ray(address)
     import ray
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = Path(store.path("tune")) if store.st.local else Path(tempfile.mkdtemp(prefix="ddsweep-"))
+    with quiet_ray(log_dir / f"driver-{stamp}.log") as console:
+        try:
+            init_ray(address)
+            missing = _launch(spec, store, plan, checkpoint_interval_s, stamp, console)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for Tune's graceful stop
+            console.interrupted = True
+            missing = [t for t in plan.trials if t.trial_id not in store.done_ids()]
+        finally:
+            if not address and ray.is_initialized():
+                ray.shutdown()
+    _say(f"Ray's own output: {console.log_path}")
+    if console.interrupted:
+        _say(
+            f"interrupted: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row. Run the same "
+            f"command again to continue (rows are kept, started trials resume from their checkpoints): "
+            f"ddsweep run {spec.source_path or 'SWEEP.yaml'}"
+        )
+        return 130
+    return 0 if not missing else 1
+
+
+def _launch(
+    spec: SweepSpec, store: SweepStore, plan: Plan, checkpoint_interval_s: float, stamp: str, console
+) -> list[TrialConfig]:
+    """Build the missing stages, run the pending trials with Tune; returns the trials still without a row."""
     from ray import tune
 
     res = spec.resources
@@ -178,7 +239,7 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
         plan.pending = _drop_trials_of_failed_stages(store, plan.pending, failed_stages)
         if not plan.pending:
             _say("no trial can run: every pending trial needs a failed stage")
-            return 1
+            return [t for t in plan.trials if t.trial_id not in store.done_ids()]
 
     from orchestrator.trainable import trainable
 
@@ -206,7 +267,7 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
             trial_dirname_creator=lambda t: t.config["trial_id"],
         ),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{spec.name}-{stamp}",
             storage_path=store.path("tune"),
             storage_filesystem=None if st.local else st.fs,
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
@@ -215,33 +276,33 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
         ),
     )
     grid_results = tuner.fit()
-    errored = [r.config["trial_id"] for r in grid_results if r.error is not None and r.config]
+    errored = {
+        r.config["trial_id"]: (f"{type(r.error).__name__}: {r.error}", "".join(traceback.format_exception(r.error)))
+        for r in grid_results
+        if r.error is not None and r.config
+    }
     store.mark_failures_final(errored)  # Tune gave up on these
     done = store.done_ids()
     missing = [t for t in plan.trials if t.trial_id not in done]
     fails = {k: f for k, f in store.failures().items() if f.get("final", True)}
     failed = [t for t in missing if t.trial_id in fails]
+    stopped = len(missing) - len(failed)
     _say(
         f"finished: {len(plan.trials) - len(missing)}/{len(plan.trials)} trials have a row"
         + (f"; {len(failed)} failed (see {store.failures_dir})" if failed else "")
-        + (
-            f"; {len(missing) - len(failed)} not finished (stopped); run again to continue"
-            if len(missing) > len(failed)
-            else ""
-        )
+        + (f"; {stopped} not finished" if stopped and console.interrupted else "")
+        + (f"; {stopped} not finished (stopped); run again to continue" if stopped and not console.interrupted else "")
     )
     for t in missing:
         f = fails.get(t.trial_id)
         if f:
             _say(f"  FAILED {trial_name(t)} after {f['attempt']} attempt(s): {f['error']}")
     _say(f"rows: {store.results_dir}")
-    if not address:
-        ray.shutdown()
-    return 0 if not missing else 1
+    return missing
 
 
 def _drop_trials_of_failed_stages(
-    store: SweepStore, pending: list[TrialConfig], failed: dict[ArtifactKey, str]
+    store: SweepStore, pending: list[TrialConfig], failed: dict[ArtifactKey, tuple[str, str]]
 ) -> list[TrialConfig]:
     """Record trials whose stages failed as failures (failures/<trial_id>.json); return the others."""
 
@@ -252,7 +313,7 @@ def _drop_trials_of_failed_stages(
     for t in pending:
         bad = [k for r in requires(t) for k in closure(r) if k in failed]
         if bad:
-            store.record_failure(t.trial_id, trial_name(t), 0, failed[bad[0]], "")
+            store.record_failure(t.trial_id, trial_name(t), 0, *failed[bad[0]])
         else:
             keep.append(t)
     _say(f"{len(pending) - len(keep)} trial(s) skipped because a stage they need failed")

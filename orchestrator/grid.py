@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import SweepSpec, excluded
 from workers.config import ArtifactKey, TrialConfig
 from workers.graph import needs_teacher, reads_dynamics, requires, stage_deps
-
-
-def _excluded(values: dict[str, Any], exclude) -> bool:
-    for rule in exclude:
-        if all(_matches(axis, values[axis], v) for axis, v in rule):
-            return True
-    return False
-
-
-def _matches(axis: str, value: Any, wanted: Any) -> bool:
-    if axis == "selector":
-        return wanted in (value.name, value.label())
-    return value == wanted
 
 
 def expand(spec: SweepSpec) -> list[TrialConfig]:
     """Trials in a deterministic order: seed slowest, then IPC, selector, regime (regimes of a subset adjacent)."""
     trials = []
     for seed, ipc, selector, regime in itertools.product(spec.seeds, spec.ipcs, spec.selectors, spec.regimes):
-        if _excluded({"selector": selector, "regime": regime, "ipc": ipc, "seed": seed}, spec.exclude):
+        if excluded({"selector": selector, "regime": regime, "ipc": ipc, "seed": seed}, spec.exclude):
             continue
         # The teacher is part of a trial (and of its id) only when the trial uses it.
         teacher = spec.teacher if needs_teacher(selector, regime) else None

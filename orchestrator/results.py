@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers.config import ID_SCHEMA, TrialConfig
-from workers.naming import trial_name
+from workers.config import ID_SCHEMA, Named, TrialConfig
+from workers.naming import selector_label, trial_name
 from workers.storage import Storage, child_uri
 
 SCHEMA = pa.schema(
@@ -27,6 +27,7 @@ SCHEMA = pa.schema(
         ("trial_name", pa.string()),
         ("selector", pa.string()),
         ("selector_options", pa.string()),
+        ("selector_label", pa.string()),  # name + the options that differ from their defaults (workers.naming)
         ("regime", pa.string()),
         ("ipc", pa.int64()),
         ("seed", pa.int64()),
@@ -66,8 +67,13 @@ SCHEMA = pa.schema(
         ("config_json", pa.string()),
         ("history_json", pa.string()),
         ("id_schema", pa.int64()),  # the trial-id rule the row's trial_id follows (null: 1)
+        ("num_threads", pa.int64()),  # torch threads the trial trained with (reproduce with the same)
     ]
 )
+
+
+CACHE = ".rows.parquet"  # every row read so far, with its file's name, size and mtime (SweepStore.rows)
+CACHE_SCHEMA = pa.schema([*SCHEMA, ("_file", pa.string()), ("_size", pa.int64()), ("_mtime", pa.int64())])
 
 
 class SweepStore:
@@ -76,6 +82,11 @@ class SweepStore:
     def __init__(self, storage: str | Storage, name: str) -> None:
         self.st = storage if isinstance(storage, Storage) else Storage(storage)
         self.name = name
+        self.damaged: dict[str, str] = {}  # unreadable rows found by done_ids: file name -> where it went
+
+    def exists(self) -> bool:
+        """Whether the sweep has a folder in this storage (it is created by the first `run`)."""
+        return self.st.exists(self.path())
 
     @property
     def storage(self) -> str:
@@ -105,15 +116,21 @@ class SweepStore:
     def checkpoint_uri(self, trial_id: str) -> str:
         return self.uri("checkpoints", trial_id)
 
-    def has_checkpoint(self, trial_id: str) -> bool:
-        return self.st.exists(self.path("checkpoints", trial_id))
+    def checkpointed_ids(self) -> set[str]:
+        """Trials with a checkpoint folder (started, not finished): one listing."""
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(self.path("checkpoints"), allow_not_found=True, recursive=False)
+        return {i.base_name for i in self.st.fs.get_file_info(sel) if i.type == pafs.FileType.Directory}
 
     def row_path(self, trial_id: str) -> str:
         return self.path("results", f"{trial_id}.parquet")
 
     # ---------------------------------------------------------------- rows
     def has_row(self, trial_id: str) -> bool:
-        return self.st.exists(self.row_path(trial_id))
+        import pyarrow.fs as pafs
+
+        return self.st.fs.get_file_info(self.row_path(trial_id)).type == pafs.FileType.File
 
     def write_row(self, row: dict[str, Any]) -> bool:
         """Publish one trial's row. Returns False (and writes nothing) when the trial already has a row.
@@ -128,21 +145,111 @@ class SweepStore:
         return self.st.publish_new(self.row_path(row["trial_id"]), buf.getvalue().to_pybytes())
 
     def done_ids(self) -> set[str]:
-        return {name[: -len(".parquet")] for name in self.st.list(self.results_dir, ".parquet")}
+        """The trials with a readable row (see `rows`)."""
+        names = self.rows(columns=["_file"]).column("_file").to_pylist()
+        return {name[: -len(".parquet")] for name in names}
+
+    def rows(self, columns: list[str] | None = None) -> pa.Table:
+        """Every readable row, read through a cache: rows are never rewritten, so `results/.rows.parquet`
+        (hidden; one file) holds each row read so far with its file's name, size and mtime, and only new
+        or changed row files are read, in parallel. A row file that cannot be read (zero bytes,
+        truncated, not Parquet) is not a row: it is moved to results/.damaged/ where the store allows it
+        (listed in `self.damaged`), so its trial runs again. On a read-only store the cache is not saved."""
+        files = self.st.stat_files(self.results_dir, ".parquet")
+        cache_path = self.path("results", CACHE)
+        keys = ["_file", "_size", "_mtime"]
+        try:
+            with self.st.fs.open_input_file(cache_path) as f:
+                known = pq.read_table(f, columns=keys)
+        except Exception:  # absent, or damaged itself: rebuild it
+            known = CACHE_SCHEMA.empty_table().select(keys)
+        stamps = zip(*(known.column(k).to_pylist() for k in keys))
+        valid = {name for name, size, mtime in stamps if files.get(name) == (size, mtime)}
+        new_names = sorted(set(files) - valid)
+        if not new_names:
+            return self._read_cache(cache_path, columns, keep=valid) if valid else CACHE_SCHEMA.empty_table()
+        new = self._read_rows(new_names, files)
+        old = self._read_cache(cache_path, None, keep=valid) if valid else CACHE_SCHEMA.empty_table()
+        table = pa.concat_tables([old, new])
+        try:
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf)
+            self.st.write_atomic(cache_path, buf.getvalue().to_pybytes())
+        except OSError:
+            pass  # a read-only store: the cache is only a cache
+        return table.select(columns) if columns else table
+
+    def _read_cache(self, path: str, columns: list[str] | None, keep: set[str]) -> pa.Table:
+        import pyarrow.compute as pc
+
+        with self.st.fs.open_input_file(path) as f:
+            table = pq.read_table(f, columns=columns and list(dict.fromkeys(["_file", *columns])))
+        table = table.filter(pc.is_in(table.column("_file"), value_set=pa.array(sorted(keep))))
+        return table.select(columns) if columns else table
+
+    def _read_rows(self, names: list[str], stamps: dict[str, tuple[int, int]]) -> pa.Table:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def read(name: str) -> pa.Table | None:
+            try:
+                with self.st.fs.open_input_file(f"{self.results_dir}/{name}") as f:
+                    t = pq.ParquetFile(f).read(use_threads=False)
+            except Exception:  # ArrowInvalid (truncated, zero bytes, not Parquet), OSError
+                return None
+            return t if t.num_rows >= 1 else None
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            tables = dict(zip(names, pool.map(read, names)))
+        for name, t in tables.items():
+            if t is None:
+                self.damaged[name] = self._set_aside(name)
+        good = {name: t for name, t in tables.items() if t is not None}
+        if not good:
+            return CACHE_SCHEMA.empty_table()
+        # rows written before a column existed lack it: concat fills it with nulls, then one cast
+        table = pa.concat_tables(list(good.values()), promote_options="permissive")
+        cols = [
+            table.column(n).cast(SCHEMA.field(n).type)
+            if n in table.column_names
+            else pa.nulls(table.num_rows, SCHEMA.field(n).type)
+            for n in SCHEMA.names
+        ]
+        counts = [t.num_rows for t in good.values()]
+        meta = [
+            [name for name, c in zip(good, counts) for _ in range(c)],
+            [stamps[name][0] for name, c in zip(good, counts) for _ in range(c)],
+            [stamps[name][1] for name, c in zip(good, counts) for _ in range(c)],
+        ]
+        arrays = cols + [pa.array(meta[0], pa.string()), pa.array(meta[1], pa.int64()), pa.array(meta[2], pa.int64())]
+        return pa.Table.from_arrays(arrays, schema=CACHE_SCHEMA)
+
+    def _set_aside(self, name: str) -> str:
+        target = self.path("results", ".damaged", name)
+        try:
+            self.st.fs.create_dir(self.path("results", ".damaged"))
+            self.st.fs.move(f"{self.results_dir}/{name}", target)
+            return target
+        except OSError as err:
+            return f"left in place ({err})"
 
     def load(self, trial_ids: set[str] | None = None):
-        """Rows as a pandas DataFrame, one per trial_id (the earliest finished), optionally filtered."""
-        import pyarrow.dataset as ds
+        """Readable rows as a pandas DataFrame, one per trial_id (the earliest finished), optionally filtered.
+        Rows written before a column existed read it as null; `selector_label` is then derived."""
+        table = self.rows()
+        if trial_ids is not None:
+            import pyarrow.compute as pc
 
-        files = [f"{self.results_dir}/{name}" for name in self.st.list(self.results_dir, ".parquet")]
-        if trial_ids is not None:
-            files = [f for f in files if f.rsplit("/", 1)[1][: -len(".parquet")] in trial_ids]
-        if not files:
-            return SCHEMA.empty_table().to_pandas()
-        df = ds.dataset(files, format="parquet", schema=SCHEMA, filesystem=self.st.fs).to_table().to_pandas()
+            table = table.filter(pc.is_in(table.column("trial_id"), value_set=pa.array(sorted(trial_ids), pa.string())))
+        df = table.select(SCHEMA.names).to_pandas()
+        if df.empty:
+            return df
         df = df.sort_values("finished_at", kind="stable").drop_duplicates("trial_id", keep="first")
-        if trial_ids is not None:
-            df = df[df["trial_id"].isin(trial_ids)]
+        missing = df["selector_label"].isna()
+        if missing.any():
+            df.loc[missing, "selector_label"] = [
+                selector_label(Named.make(s, json.loads(o if isinstance(o, str) else "{}")))
+                for s, o in zip(df.loc[missing, "selector"], df.loc[missing, "selector_options"])
+            ]
         return df.reset_index(drop=True)
 
     # ---------------------------------------------------------------- failures
@@ -171,11 +278,14 @@ class SweepStore:
                 continue
         return out
 
-    def mark_failures_final(self, trial_ids) -> None:
-        for tid in trial_ids:
+    def mark_failures_final(self, errors: dict[str, tuple[str, str]]) -> None:
+        """Tune gave up on these trials ({trial_id: (error, traceback)}): their failure records become final.
+        A trial whose attempt could not record its own failure gets one from Tune's error."""
+        for tid, (error, tb) in errors.items():
             try:
                 payload = json.loads(self.st.read_bytes(f"{self.failures_dir}/{tid}.json"))
             except (json.JSONDecodeError, FileNotFoundError, OSError):
+                self.record_failure(tid, "", 0, error, tb, final=True)
                 continue
             if not payload.get("final"):
                 self.st.write_atomic(

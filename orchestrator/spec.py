@@ -7,7 +7,7 @@ catalogue's option schemas (data sets, architectures, selectors), TRAIN_OPTIONS 
 
 from __future__ import annotations
 
-import math
+import itertools
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +34,7 @@ from workers.graph import needs_teacher
 from workers.options import Option, did_you_mean, resolve
 
 AXES = ("selector", "regime", "ipc", "seed")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the whole name (fullmatch: no trailing newline)
 DEFAULT_STORAGE = "./ddsweep-runs"
 TOP = "(top level)"
 TOP_KEYS = (
@@ -63,6 +63,13 @@ class SpecError(Exception):
         super().__init__("\n".join([head] + [f"  - {p}" for p in problems]))
 
 
+IPC = Option(None, int, "images per class", min=1)
+SEED = Option(None, int, "a trial seed", min=0)
+BUDGET_OPTIONS: dict[str, Option] = {
+    "epochs": Option(None, float, "epochs over the subset", above=0.0),
+    "full_epochs": Option(None, float, "full-dataset-equivalent epochs (images seen / N)", above=0.0),
+    "steps": Option(None, int, "optimizer steps", min=1),
+}
 RESOURCE_OPTIONS: dict[str, Option] = {
     "gpus_per_trial": Option(0.0, float, "GPUs per trial and per network stage (fractions pack trials)", min=0.0),
     "cpus_per_trial": Option(1.0, float, "CPUs per trial and per stage", min=0.0),
@@ -171,17 +178,11 @@ class _Checker:
                 self.err(f"{path}.{key}" if path != TOP else key, "is required")
         return value
 
-    def number(
-        self, value: Any, path: str, *, integer: bool = False, minimum: float | None = None, exclusive: bool = False
-    ) -> bool:
-        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok or (isinstance(value, float) and not math.isfinite(value)):
-            self.err(path, f"{value!r} is not {'an integer' if integer else 'a number'}")
-            return False
-        if minimum is not None and (value <= minimum if exclusive else value < minimum):
-            self.err(path, f"{value!r} must be {'>' if exclusive else '>='} {minimum}")
-            return False
-        return True
+    def valid(self, option: Option, value: Any, path: str) -> bool:
+        """Check one value against a declared Option (integers are bounded by what a Parquet int64 stores)."""
+        found = option.problems(value, path)
+        self.problems += found
+        return not found
 
     def settings(self, schema: dict[str, Option], given: dict, path: str, owner: str) -> dict[str, Any]:
         """The settings the user gave, validated against `schema` (problems recorded) and coerced."""
@@ -214,7 +215,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         raise SpecError(c.problems, source)
 
     name = doc.get("name")
-    if "name" in doc and (not isinstance(name, str) or not NAME_RE.match(name)):
+    if "name" in doc and (not isinstance(name, str) or not NAME_RE.fullmatch(name)):
         c.err(
             "name",
             f"{name!r} is not a valid sweep name; use 1-100 characters from A-Z a-z 0-9 . _ -, "
@@ -231,6 +232,8 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     train = recipes["hl"]  # also the recipe of full-data score runs (they train with hard labels)
     resources = _resources(c, doc.get("resources", {}))
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
+    if exclude and all(excluded(dict(zip(AXES, point)), exclude) for point in itertools.product(*axes.values())):
+        c.err("exclude", "removes every trial: the grid is empty; drop or narrow an entry")
     teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
     warnings: list[str] = []
     if axes and dataset and budget and student:
@@ -290,9 +293,21 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
 
 
 def _storage(c: _Checker, storage: Any) -> Any:
+    """A URI as given; a path with `~` expanded and made absolute against the current folder, except inside
+    a `ray job submit` working directory, which Ray deletes after the job (README: Running on a cluster)."""
     if not isinstance(storage, str) or not storage.strip():
         c.err("storage", f"{storage!r} is not a path; give a local or NFS folder such as ./ddsweep-runs")
-    elif "://" in storage:
+    elif "://" not in storage:
+        path = Path(storage).expanduser()
+        if not path.is_absolute() and _in_ray_job_working_dir(Path.cwd()):
+            c.err(
+                "storage",
+                f"{storage!r} is relative, and this runs inside a Ray job's working directory "
+                f"({Path.cwd()}), which Ray deletes when the job ends; give the absolute path of "
+                "shared storage, e.g. --storage /shared/ddsweep",
+            )
+        return str(path.resolve()) if not path.is_absolute() else str(path)
+    else:
         from workers.storage import Storage
 
         try:
@@ -304,6 +319,11 @@ def _storage(c: _Checker, storage: Any) -> Any:
                 "local/NFS path or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]",
             )
     return storage
+
+
+def _in_ray_job_working_dir(folder: Path) -> bool:
+    """`ray job submit --working-dir` unpacks the upload into .../runtime_resources/.../_ray_pkg_<hash>."""
+    return any(p.startswith("_ray_pkg_") or p == "runtime_resources" for p in folder.parts)
 
 
 def _selector_rules(c: _Checker, warnings: list[str], axes: dict, base: TrialConfig) -> None:
@@ -416,7 +436,7 @@ def _budget(c: _Checker, value: Any) -> BudgetConfig | None:
         )
         return None
     unit = units[0]
-    if not c.number(d[unit], f"budget.{unit}", integer=unit == "steps", minimum=0, exclusive=True):
+    if not c.valid(BUDGET_OPTIONS[unit], d[unit], f"budget.{unit}"):
         return None
     return BudgetConfig(unit=unit, value=float(d[unit]) if unit != "steps" else int(d[unit]))
 
@@ -471,7 +491,7 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
         k = min(range(len(sizes)), key=sizes.__getitem__)
         smallest = (sizes[k], ds_info["class_names"][k])
     for i, v in enumerate(_axis_list(c, g, "ipc") or []):
-        if c.number(v, f"grid.ipc[{i}]", integer=True, minimum=1):
+        if c.valid(IPC, v, f"grid.ipc[{i}]"):
             if smallest and v > smallest[0]:
                 c.err(
                     f"grid.ipc[{i}]",
@@ -481,7 +501,7 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
             else:
                 kept["ipc"].append((i, v))
     for i, v in enumerate(_axis_list(c, g, "seed") or []):
-        if c.number(v, f"grid.seed[{i}]", integer=True, minimum=0):
+        if c.valid(SEED, v, f"grid.seed[{i}]"):
             kept["seed"].append((i, v))
 
     for axis, pairs in kept.items():
@@ -564,3 +584,14 @@ def _exclude(c: _Checker, value: Any, axes: dict) -> tuple:
         if ok:
             out.append(tuple(sorted(d.items())))
     return tuple(out)
+
+
+def excluded(values: dict[str, Any], exclude) -> bool:
+    """Whether a grid point {axis: value} matches one of the `exclude` rules (a selector by name or label)."""
+    for rule in exclude:
+        if all(
+            wanted in (values[axis].name, values[axis].label()) if axis == "selector" else values[axis] == wanted
+            for axis, wanted in rule
+        ):
+            return True
+    return False

@@ -13,7 +13,7 @@ from typing import Any
 from orchestrator.results import SweepStore
 from workers import __version__
 from workers.config import ID_SCHEMA, TrialConfig, canonical_json
-from workers.naming import trial_name
+from workers.naming import selector_label, trial_name
 from workers.storage import Storage
 
 
@@ -27,6 +27,7 @@ def build_row(sweep: str, cfg: TrialConfig, metrics: dict[str, Any], attempt: in
         "trial_name": trial_name(cfg),
         "selector": cfg.selector.name,
         "selector_options": json.dumps(cfg.selector.opts, sort_keys=True),
+        "selector_label": selector_label(cfg.selector),
         "regime": cfg.regime,
         "ipc": cfg.ipc,
         "seed": cfg.seed,
@@ -83,8 +84,13 @@ def run_one(
         num_threads=num_threads,
         checkpoint_interval_s=checkpoint_interval_s,
     )
-    try:
+    try:  # everything up to the published row: a failure anywhere is recorded with its traceback
         metrics = run_trial(cfg, ctx)
+        row = build_row(sweep, cfg, metrics, attempt, started_at)
+        if not store.write_row(row) and not store.has_row(trial_id):
+            raise RuntimeError(
+                f"the row of {trial_id} could not be published: {store.row_path(trial_id)} exists and is not a file"
+            )
     except Exception as err:
         store.record_failure(
             trial_id,
@@ -95,8 +101,6 @@ def run_one(
             final=False,
         )  # Tune may retry; the driver decides
         raise
-    row = build_row(sweep, cfg, metrics, attempt, started_at)
-    store.write_row(row)
     clear_checkpoint(ctx)
     store.clear_failure(trial_id)
     return row

@@ -145,3 +145,27 @@ def test_migration_keeps_the_earlier_row_when_both_exist(tmp_path):
     assert store.migrate(store.stale_rows({a.trial_id})) == (0, 1)
     assert store.done_ids() == {a.trial_id} and store.load().loc[0, "top1"] == 0.9
     assert (Path(store.results_dir) / ".superseded" / f"{old}.parquet").is_file()
+
+
+def test_the_fast_trial_id_is_the_hash_of_the_identity_under_any_neutral_table(monkeypatch):
+    """TrialConfig.trial_id assembles cached JSON fragments; it must equal short_hash(identity()) exactly,
+    also when the neutral table drops settings in every kind of section."""
+    neutral = {
+        ("train", "augment"): "crop",
+        ("selector", "rded", "mipc"): 40,
+        ("teacher.arch", "convnet", "width"): 32,
+        ("teacher", "epochs"): 15,
+        ("dataset", "digits", "image_size"): 8,
+        ("scoring", "momentum"): 0.9,
+    }
+    monkeypatch.setattr(config, "NEUTRAL_SINCE_SCHEMA_1", neutral)
+    monkeypatch.setattr(config, "_PLAIN_SECTIONS", {})
+    trials = expand(load_spec(REPO / "sweeps" / "smoke.yaml"))  # fresh part objects: empty caches
+    assert all(t.trial_id == short_hash(trial_identity(t.to_json())) for t in trials)
+    dropped = trials[0].identity()
+    assert "augment" not in dropped["train"] and "image_size" not in dropped["dataset"]["options"]
+    golden = json.loads(GOLDEN.read_text())
+    assert sum(golden[trial_name(t)] != t.trial_id for t in trials) == len(trials)  # the drops changed every id
+    for sweep in ("digits_scalability.yaml", "digits_cad_epochs.yaml"):
+        monkeypatch.setattr(config, "NEUTRAL_SINCE_SCHEMA_1", {})
+        assert all(t.trial_id == short_hash(t.identity()) for t in expand(load_spec(REPO / "sweeps" / sweep)))

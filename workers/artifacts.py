@@ -114,6 +114,21 @@ class ArtifactStore:
     def exists(self, key: ArtifactKey) -> bool:
         return self.manifest(key) is not None
 
+    def missing(self, keys) -> list[ArtifactKey]:
+        """The keys not yet published, in order. Locally one listing per kind (a published artifact is a
+        folder renamed into place whole); on an object store one manifest lookup per key."""
+        if not self.st.local:
+            return [k for k in keys if not self.exists(k)]
+        listed: dict[str, set[str]] = {}
+        out = []
+        for k in keys:
+            if k.kind not in listed:
+                folder = self.root / k.kind
+                listed[k.kind] = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+            if k.digest not in listed[k.kind]:
+                out.append(k)
+        return out
+
     def check_classes(self, key: ArtifactKey, class_names) -> None:
         """Every artifact records the class list it was built for; using one built for another class order
         is an error (docs/methods.md §3: a wrong class order silently costs 10-40 points)."""

@@ -239,7 +239,13 @@ class TrialConfig:
 
     @cached_property
     def trial_id(self) -> str:
-        return short_hash(self.identity())
+        """short_hash(self.identity()), assembled from the canonical JSON of each part. The grid's trials
+        share their parts (data set, student, recipes, selectors), so everything but IPC and seed is
+        serialised once per combination of parts and cached on the selector object: a 100k-trial grid
+        hashes in well under a second (tests/test_trial_ids.py checks both ways agree)."""
+        before, between, after = _id_fragments(self)
+        text = f'{{{before}"ipc":{int(self.ipc)},{between}"seed":{int(self.seed)}{after}}}'
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TrialConfig:
@@ -274,7 +280,16 @@ class ArtifactKey:
 
     @cached_property
     def digest(self) -> str:
-        return short_hash({"kind": self.kind, "config": self.cfg})
+        # = short_hash({"kind": kind, "config": cfg}): config_json is already canonical, keys sort config < kind
+        text = '{"config":' + self.config_json + ',"kind":' + json.dumps(self.kind) + "}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_parts(cls, kind: str, parts: Mapping[str, str]) -> ArtifactKey:
+        """A key from the canonical JSON of each top-level entry (`canonical_of` strings, numbers as str):
+        the same key as make(kind, {...}) without re-serialising shared parts."""
+        assert all(k.isidentifier() for k in parts), parts  # plain keys: no escaping needed
+        return cls(kind=kind, config_json="{" + ",".join(f'"{k}":{parts[k]}' for k in sorted(parts)) + "}")
 
     @property
     def folder(self) -> str:
@@ -302,16 +317,85 @@ def trial_identity(d: Mapping[str, Any], neutral: Mapping[tuple[str, ...], Any] 
     """The part of a trial's config JSON its id hashes: everything, less the recipe settings its regime
     never reads (TRAIN_OPTIONS `only_for`; score runs train with hard labels, so their recipe drops every
     soft-label setting), less settings added after schema 1 that hold their neutral value."""
-    d = copy.deepcopy(dict(d))
-    regime = d.get("regime")
-    d["train"] = {k: v for k, v in d["train"].items() if _reads(k, regime)}
-    if d.get("scoring") is not None:
-        d["scoring"] = {k: v for k, v in d["scoring"].items() if _reads(k, "hl")}
-    for path, value in (NEUTRAL_SINCE_SCHEMA_1 if neutral is None else neutral).items():
-        _drop_if(d, path, value)
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        out.update(_section(key, value, d.get("regime"), neutral))
     if ID_SCHEMA > 1:
-        d["id_schema"] = ID_SCHEMA
-    return d
+        out["id_schema"] = ID_SCHEMA
+    return out
+
+
+def _section(key: str, value: Any, regime: str | None, neutral=None) -> dict[str, Any]:
+    """{key: value} as the identity holds one top-level entry of a trial's config JSON ({} if left out)."""
+    value = copy.deepcopy(value)
+    if key == "train":
+        value = {k: v for k, v in value.items() if _reads(k, regime)}
+    elif key == "scoring" and value is not None:
+        value = {k: v for k, v in value.items() if _reads(k, "hl")}
+    wrapper = {key: value}
+    for path, neutral_value in (NEUTRAL_SINCE_SCHEMA_1 if neutral is None else neutral).items():
+        if path[0] == key or (key == "teacher" and path[0] == "teacher.arch"):
+            _drop_if(wrapper, path, neutral_value)
+    return wrapper
+
+
+def _id_fragments(t: TrialConfig) -> tuple[str, str, str]:
+    """The identity JSON of a trial, less IPC and seed, as the three runs of '"key":value' entries that
+    sort before "ipc", between "ipc" and "seed", and after "seed"."""
+    parts = (t.dataset, t.student, t.budget, t.train, t.teacher, t.scoring)
+    cache = t.selector.__dict__.setdefault("_id_fragments", {})
+    key = (t.regime, *map(id, parts))
+    hit = cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], parts)):
+        entries = {
+            "dataset": t.dataset,
+            "student": t.student,
+            "selector": t.selector,
+            "regime": t.regime,
+            "budget": t.budget,
+            "train": t.train,
+            "teacher": t.teacher,
+        }
+        if t.scoring is not None:
+            entries["scoring"] = t.scoring
+        body = {k: _section_json(k, v, t.regime) for k, v in entries.items()}
+        if ID_SCHEMA > 1:
+            body["id_schema"] = str(ID_SCHEMA)
+        present = sorted((k, v) for k, v in body.items() if v is not None)
+        runs = (
+            "".join(f'"{k}":{v},' for k, v in present if k < "ipc"),
+            "".join(f'"{k}":{v},' for k, v in present if "ipc" < k < "seed"),
+            "".join(f',"{k}":{v}' for k, v in present if k > "seed"),
+        )
+        hit = cache[key] = (parts, runs)
+    return hit[1]
+
+
+_PLAIN_SECTIONS: dict[tuple, str | None] = {}  # identity entries that are a string or null (regime, teacher)
+
+
+def _section_json(key: str, part: Any, regime: str) -> str | None:
+    """Canonical JSON of one identity entry (None if left out), cached on the part object itself (frozen
+    configs never change; the cache lives in the instance's __dict__, keyed by entry and regime)."""
+    if isinstance(part, int) and not isinstance(part, bool):
+        return str(part)
+    if part is None or isinstance(part, str):
+        cache = _PLAIN_SECTIONS
+    else:
+        cache = part.__dict__.setdefault("_identity_json", {})
+    cache_key = (key, regime if key == "train" else None, part if cache is _PLAIN_SECTIONS else None)
+    if cache_key not in cache:
+        section = _section(key, part.to_json() if cache is not _PLAIN_SECTIONS else part, regime)
+        cache[cache_key] = canonical_json(section[key]) if key in section else None
+    return cache[cache_key]
+
+
+def canonical_of(part: Any) -> str:
+    """Canonical JSON of a config part (its to_json), cached on the part: artifact keys reuse it."""
+    cache = part.__dict__.setdefault("_identity_json", {})
+    if "plain" not in cache:
+        cache["plain"] = canonical_json(part.to_json())
+    return cache["plain"]
 
 
 def _reads(key: str, regime: str | None) -> bool:

@@ -7,37 +7,62 @@ depends on the regime, nor on what its selector does not read.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from functools import lru_cache
+
 from workers.catalogue import REGIMES, SELECTORS, STAGES
-from workers.config import ArtifactKey, DatasetConfig, Named, TeacherConfig, TrainConfig, TrialConfig
+from workers.config import (
+    ArtifactKey,
+    DatasetConfig,
+    Named,
+    TeacherConfig,
+    TrainConfig,
+    TrialConfig,
+    canonical_json,
+    canonical_of,
+)
 
 
 def teacher_key(dataset: DatasetConfig, teacher: TeacherConfig) -> ArtifactKey:
-    return ArtifactKey.make("teacher", {"dataset": dataset.to_json(), "teacher": teacher.to_json()})
+    cache = teacher.__dict__.setdefault("_keys", {})  # per teacher object, by data set (checked by identity)
+    hit = cache.get(id(dataset))
+    if hit is None or hit[0] is not dataset:
+        key = ArtifactKey.from_parts("teacher", {"dataset": canonical_of(dataset), "teacher": canonical_of(teacher)})
+        hit = cache[id(dataset)] = (dataset, key)
+    return hit[1]
 
 
 def features_key(tkey: ArtifactKey) -> ArtifactKey:
-    return ArtifactKey.make("features", {"teacher": tkey.cfg})
+    return ArtifactKey.from_parts("features", {"teacher": tkey.config_json})
 
 
 def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int) -> ArtifactKey:
-    r = recipe
-    return ArtifactKey.make(
+    return ArtifactKey.from_parts(
         "dynamics",
         {
-            "dataset": dataset.to_json(),
-            "arch": arch.to_json(),
-            "epochs": int(epochs),
-            "run": int(run),
-            "recipe": {
-                "optimizer": r.optimizer,
-                "lr": r.lr,
-                "weight_decay": r.weight_decay,
-                "momentum": r.momentum,
-                "batch_size": r.batch_size,
-                "augment": r.augment,
-                "schedule": r.schedule,
-            },
+            "dataset": canonical_of(dataset),
+            "arch": canonical_of(arch),
+            "epochs": str(int(epochs)),
+            "run": str(int(run)),
+            "recipe": _score_recipe(recipe),
         },
+    )
+
+
+@lru_cache(maxsize=1024)
+def _score_recipe(r: TrainConfig) -> str:
+    """The recipe fields that shape a score run (the rest, e.g. soft-label settings, do not)."""
+    return canonical_json(
+        {
+            "optimizer": r.optimizer,
+            "lr": r.lr,
+            "weight_decay": r.weight_decay,
+            "momentum": r.momentum,
+            "batch_size": r.batch_size,
+            "augment": r.augment,
+            "schedule": r.schedule,
+        }
     )
 
 
@@ -51,6 +76,46 @@ def reads_dynamics(selector: Named) -> bool:
 
 
 def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
+    """The artifacts a trial's selection reads. They do not depend on its regime or seed (score runs are
+    seeded by run index), so one computation serves every trial of a (selector, IPC) pair."""
+    return list(_selection(trial)["keys"])
+
+
+def subset_key(trial: TrialConfig) -> ArtifactKey:
+    """The training images of a trial: never depends on the regime, nor on what the selector does not read."""
+    sel = _selection(trial)
+    if trial.seed not in sel["subsets"]:
+        key = ArtifactKey.from_parts(
+            "subset",
+            {
+                "dataset": canonical_of(trial.dataset),
+                "selector": canonical_of(trial.selector),
+                "ipc": str(int(trial.ipc)),
+                "seed": str(int(trial.seed)),
+                "inputs": sel["inputs_json"],
+            },
+        )
+        key.__dict__["_deps"] = list(sel["keys"])  # stage_deps without parsing the key back
+        sel["subsets"][trial.seed] = key
+    return sel["subsets"][trial.seed]
+
+
+def _selection(trial: TrialConfig) -> dict:
+    """What a (selector, IPC) pair reads, cached on the selector object (frozen configs never change) and
+    keyed by the parts it depends on, checked by identity: planning a 100k-trial grid computes it once."""
+    recipe = trial.scoring or trial.train
+    parts = (trial.dataset, trial.teacher, trial.student, recipe, trial.budget)
+    cache = trial.selector.__dict__.setdefault("_selection", {})
+    key = (trial.ipc, *map(id, parts))
+    hit = cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit["parts"], parts)):
+        keys = _inputs(replace(trial, regime="hl", seed=0, train=recipe))
+        inputs_json = ",".join('{"config":' + k.config_json + ',"kind":' + json.dumps(k.kind) + "}" for k in keys)
+        hit = cache[key] = {"parts": parts, "keys": keys, "inputs_json": f"[{inputs_json}]", "subsets": {}}
+    return hit
+
+
+def _inputs(trial: TrialConfig) -> tuple[ArtifactKey, ...]:
     entry = SELECTORS[trial.selector.name]
     if trial.teacher is None and {"features", "teacher"} & set(entry.inputs):
         raise ValueError(f"selector {trial.selector.name} needs a teacher; the trial has none")
@@ -65,21 +130,7 @@ def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
         keys += [
             dynamics_key(trial.dataset, trial.student, recipe, epochs, run) for run in range(entry.score_runs(trial))
         ]
-    return keys
-
-
-def subset_key(trial: TrialConfig) -> ArtifactKey:
-    """The training images of a trial: never depends on the regime, nor on what the selector does not read."""
-    return ArtifactKey.make(
-        "subset",
-        {
-            "dataset": trial.dataset.to_json(),
-            "selector": trial.selector.to_json(),
-            "ipc": trial.ipc,
-            "seed": trial.seed,
-            "inputs": [{"kind": k.kind, "config": k.cfg} for k in selector_inputs(trial)],
-        },
-    )
+    return tuple(keys)
 
 
 def requires(trial: TrialConfig) -> list[ArtifactKey]:
@@ -92,6 +143,8 @@ def requires(trial: TrialConfig) -> list[ArtifactKey]:
 
 def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
     """Artifacts a stage needs before it can be built; the driver builds in dependency order."""
+    if "_deps" in key.__dict__:
+        return key.__dict__["_deps"]
     cfg = key.cfg
     if key.kind == "subset":
         return [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])]

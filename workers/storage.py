@@ -52,16 +52,21 @@ class Storage:
 
     def list(self, folder: str, suffix: str = "") -> list[str]:
         """Base names of the files directly in `folder` ending with suffix; hidden names skipped."""
+        return sorted(self.stat_files(folder, suffix))
+
+    def stat_files(self, folder: str, suffix: str = "") -> dict[str, tuple[int, int]]:
+        """{base name: (size, mtime in ns)} of the files directly in `folder` ending with suffix; hidden
+        names skipped. One listing call, whatever the number of files."""
         sel = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
-        out = []
+        out = {}
         for info in self.fs.get_file_info(sel):
             if (
                 info.type == pafs.FileType.File
                 and not info.base_name.startswith(".")
                 and info.base_name.endswith(suffix)
             ):
-                out.append(info.base_name)
-        return sorted(out)
+                out[info.base_name] = (int(info.size or 0), int(info.mtime_ns or 0))
+        return out
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:

@@ -1,9 +1,11 @@
 """run_trial(config, ctx) -> metrics: one trial from data to evaluation, without Ray.
 
-    python -m workers.trial trial.json [--storage DIR]
+    python -m workers.trial trial.json [--storage DIR] [--threads N]
 
 runs one trial from a TrialConfig JSON (the `config_json` column of a results row) and prints
-its metrics as JSON: for debugging, profiling, or a GPU box without a cluster.
+its metrics as JSON: for debugging, profiling, or a GPU box without a cluster. On the CPU the
+result depends on the torch thread count: give the row's `num_threads` (or use `ddsweep
+reproduce ROW.parquet`, which does).
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         "soft_label_bytes": int(regime.soft_label_bytes),
         "resumed_from_epoch": int(result["resumed_from_epoch"]),
         "host": socket.gethostname(),
+        "num_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "history": result["history"],
     }
@@ -137,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trial_json", help="a TrialConfig as JSON (e.g. a results row's config_json)")
     p.add_argument("--storage", default="./ddsweep-runs", help="artifacts go under STORAGE/artifacts")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads; on the CPU results depend on it: give the row's num_threads",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrialConfig.from_json(json.loads(Path(args.trial_json).read_text()))
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         artifacts_root=child_uri(args.storage, "artifacts"),
         device=args.device,
         report=lambda row: log.info("progress %s", json.dumps(row)),
+        num_threads=args.threads,
     )
     metrics = run_trial(cfg, ctx)
     metrics.pop("history")

@@ -158,5 +158,6 @@ def test_a_failing_stage_fails_only_the_trials_that_need_it(tmp_path, cli_env):
     assert list(df["selector"]) == ["random"]
     fails = SweepStore(store, "stagefail").failures()
     assert len(fails) == 1 and "herding" in next(iter(fails.values()))["trial_name"]
+    assert "load_weights" in next(iter(fails.values()))["traceback"]  # the stage's traceback is kept
     status = run_cli(["status", str(sweep)], cli_env)
     assert "1 done, 0 started, 1 failed, 0 pending" in status.stdout and "not a readable state_dict" in status.stdout

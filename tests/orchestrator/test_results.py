@@ -5,6 +5,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator import results
@@ -44,7 +45,8 @@ def test_an_existing_row_is_never_replaced(tmp_path):
     after = (tmp_path / "s" / "results" / "abc.parquet").stat()
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
     assert results.load(tmp_path, "s").loc[0, "top1"] == 0.5
-    assert [p.name for p in (tmp_path / "s" / "results").iterdir()] == ["abc.parquet"]
+    visible = [p.name for p in (tmp_path / "s" / "results").iterdir() if not p.name.startswith(".")]
+    assert visible == ["abc.parquet"]  # (hidden: the index of rows checked readable)
 
 
 def test_load_keeps_the_earliest_row_per_trial(tmp_path):
@@ -114,8 +116,25 @@ def test_status_counts_a_retryable_failure_as_started_and_a_final_one_as_failed(
     assert "2 trials: 0 done, 1 started, 0 failed, 1 pending" in out
     assert f"retrying {trial_name(a)}: attempt 1 failed: RuntimeError: node lost" in out
 
-    SweepStore(tmp_path, "st").mark_failures_final([a.trial_id, b.trial_id])  # b has no failure: untouched
+    SweepStore(tmp_path, "st").mark_failures_final({a.trial_id: ("RuntimeError: node lost", "tb")})
     assert cli.main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "2 trials: 0 done, 0 started, 1 failed, 1 pending" in out and f"failed {trial_name(a)} (attempt 1)" in out
     assert set(SweepStore(tmp_path, "st").failures()) == {a.trial_id}
+
+
+def test_rows_written_before_a_column_existed_load_with_it_null_or_derived(tmp_path):
+    """Old rows lack selector_label, id_schema and num_threads: they read as null (the label is derived)."""
+    old = pa.schema([f for f in results.SCHEMA if f.name not in ("selector_label", "id_schema", "num_threads")])
+    r = {n: None for n in old.names}
+    r.update(row("abc"), selector="el2n_window", selector_options='{"offset": 0.8, "runs": 10, "epoch": 20}')
+    (tmp_path / "s" / "results").mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist([{n: r.get(n) for n in old.names}], schema=old), tmp_path / "s" / "results" / "abc.parquet"
+    )
+    assert SweepStore(tmp_path, "s").write_row(row("def"))
+    df = results.load(tmp_path, "s").set_index("trial_id")
+    assert df.loc["abc", "selector_label"] == "el2n_window(offset=0.8)" and pd.isna(df.loc["abc", "num_threads"])
+    assert set(df.index) == {"abc", "def"}
+    again = results.load(tmp_path, "s").set_index("trial_id")  # through the row cache now
+    assert again.loc["abc", "selector_label"] == "el2n_window(offset=0.8)"

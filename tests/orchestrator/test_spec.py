@@ -362,7 +362,7 @@ def test_several_problems_reported_at_once():
 def test_valid_base_parses_with_defaults_filled():
     spec = parse_spec(BASE)
     assert spec.name == "unit-spec"
-    assert spec.storage == "./ddsweep-runs"
+    assert spec.storage == str(Path("./ddsweep-runs").resolve())  # made absolute where it is read
     assert spec.student.name == "convnet"
     assert spec.student.opts == {"depth": 3, "width": 16, "norm": "instance"}
     assert spec.dataset.name == "digits" and spec.dataset.root is None
@@ -399,7 +399,7 @@ def test_optional_sections_may_be_omitted():
         line + "\n" for line in BASE.splitlines() if not line.startswith(("storage:", "train:", "resources:"))
     )
     spec = parse_spec(text)
-    assert spec.storage == "./ddsweep-runs"
+    assert spec.storage == str(Path("./ddsweep-runs").resolve())  # made absolute where it is read
     assert spec.train.lr == 0.01 and spec.train.optimizer == "sgd"  # the hl recipe of docs/methods.md §2.3
     assert spec.recipes["sl"].lr == 0.001 and spec.resources.cpus_per_trial == 1.0
 
