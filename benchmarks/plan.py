@@ -3,7 +3,7 @@
     python benchmarks/plan.py [--trials 100000] [--rows 10000]
 
 Targets (issue #10): expand and plan 100k trials in under 2 s, `status` of 100k in under 3 s,
-loading 10k result rows in under 1 s. Rows are read through a cache (`results/.rows.parquet`), so a
+loading 10k result rows in under 1 s. Rows are read through a cache (`results/.rows.cache`), so a
 row is parsed once, the first time any command meets it; that first read is timed separately.
 Uses only the CLI and `orchestrator.results.load`, so the
 same script times an older checkout (`PYTHONPATH=/path/to/old/checkout python benchmarks/plan.py`).

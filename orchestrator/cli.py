@@ -106,7 +106,89 @@ def cmd_plan(args) -> int:
             f"  recipe {r}: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}"
             + (f", T {t.temperature:g}{' x T^2' if t.t2_scale else ''}" if r != "hl" else "")
         )
+    if args.estimate:
+        _estimate(spec, p, args.images_per_second or (_calibrate(spec) if args.calibrate else None))
     return 0
+
+
+def _estimate(spec: SweepSpec, p, images_per_second: float | None) -> None:
+    """Images processed per stage kind and by the pending trials, the disk written, and GPU-hours at a
+    throughput (the cost model is workers/cost.py)."""
+    from workers.cost import INFER_COST, Cost, gpu_hours, stage_cost, trial_cost
+
+    print("  estimate (pending work; train = forward + backward, infer = forward only):")
+    rows: dict[str, tuple[int, Cost]] = {}
+    for k in p.stages_missing:
+        n, c = rows.get(f"stage {k.kind}", (0, Cost()))
+        rows[f"stage {k.kind}"] = (n + 1, c + stage_cost(k))
+    for t in p.pending:
+        n, c = rows.get(f"trials {t.regime}", (0, Cost()))
+        rows[f"trials {t.regime}"] = (n + 1, c + trial_cost(t))
+    total = Cost()
+    for name, (n, c) in rows.items():
+        total = total + c
+        print(
+            f"    {name:<18} x{n:<6} train {c.train:>14,} images  infer {c.infer:>14,} images  disk {_bytes(c.disk):>9}"
+        )
+    print(
+        f"    {'total':<26} train {total.train:>14,} images  infer {total.infer:>14,} images  "
+        f"disk {_bytes(total.disk):>9}"
+    )
+    print(f"    train-equivalent images (infer counts {INFER_COST:.2f}): {total.train_equivalent:,.0f}")
+    if images_per_second:
+        print(
+            f"    at {images_per_second:,.0f} training images/s per GPU: "
+            f"{gpu_hours(total.train_equivalent, images_per_second):,.2f} GPU-hours"
+        )
+    else:
+        print("    GPU-hours: give --images-per-second N (training throughput per GPU), or --calibrate")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TB"
+
+
+def _calibrate(spec: SweepSpec) -> float:
+    """Measure the student's training throughput here: 30 steps of the hl recipe's batch on random images of
+    the data set's shape, on the GPU when there is one (imports torch: only on request)."""
+    import time
+
+    import torch
+
+    from workers import models
+
+    facts = dataset_facts(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
+    device = models.pick_device()
+    if device == "cpu":  # as a trial would run: one torch thread per CPU it gets
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
+    batch = spec.recipes["hl"].batch_size
+    shape = tuple(facts["image_shape"])
+    net = models.build(spec.student.name, spec.student.opts, len(facts["class_names"]), shape, 0).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, len(facts["class_names"]), (batch,), device=device)
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(30):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    rate = 30 * batch / (time.perf_counter() - t0)
+    print(f"  calibration: {spec.student.label()} at batch {batch} on {device}: {rate:,.0f} training images/s")
+    return rate
 
 
 def cmd_run(args) -> int:
@@ -247,7 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     with_sweep("validate", "check a sweep file; print every problem").set_defaults(fn=cmd_validate)
-    with_sweep("plan", "grid size, pending trials, stages to build, budget per IPC").set_defaults(fn=cmd_plan)
+    sp = with_sweep("plan", "grid size, pending trials, stages to build, budget per IPC")
+    sp.add_argument("--estimate", action="store_true", help="images processed, disk written, GPU-hours")
+    sp.add_argument(
+        "--images-per-second", type=float, default=None, help="training throughput per GPU for the GPU-hour estimate"
+    )
+    sp.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the student's training throughput on this machine (imports torch)",
+    )
+    sp.set_defaults(fn=cmd_plan)
     sp = with_sweep("run", "run every pending trial (resumes a stopped sweep)")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: start an embedded local Ray)")
     sp.add_argument(

@@ -16,10 +16,10 @@ from orchestrator.console import quiet_ray
 from orchestrator.console import say as _say
 from orchestrator.lock import DriverLock
 from orchestrator.results import SweepStore
+from orchestrator.scheduler import StageBuilds, ready_trials_searcher
 from orchestrator.spec import SweepSpec
 from workers.artifacts import ArtifactStore
 from workers.config import ID_SCHEMA, ArtifactKey, TrialConfig
-from workers.graph import requires, stage_deps, stage_uses_accelerator
 from workers.naming import trial_name
 from workers.storage import is_uri
 
@@ -105,8 +105,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         check_address(address)
         ray.init(address=address, log_to_driver=False)
-    else:  # embedded local cluster; dashboard off (it would bind only 127.0.0.1 if enabled)
+    else:  # a new embedded local cluster (never one a `ray start` left running); dashboard off
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             dashboard_host="127.0.0.1",
@@ -114,62 +115,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
             configure_logging=True,
             logging_level=logging.WARNING,
         )
-
-
-def build_stages(
-    keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float
-) -> dict[ArtifactKey, tuple[str, str]]:
-    """Build missing shared stages as Ray tasks, de-duplicated, one dependency level at a time.
-
-    Returns {stage: (error, traceback)} for the stages that failed (their dependants are not attempted); the
-    caller records the trials that needed them as failed and runs the rest."""
-    import ray
-
-    if not keys:
-        return {}
-
-    @ray.remote(num_cpus=cpus, num_gpus=0, max_retries=2)
-    def build_one(kind: str, config_json: str, root: str) -> str:
-        from workers import stages
-        from workers.artifacts import ArtifactStore
-
-        key = ArtifactKey(kind, config_json)
-        stages.build(key, ArtifactStore(root))
-        return str(key)
-
-    t0 = time.time()
-    _say(f"building {len(keys)} shared stage(s)")
-    level: dict[ArtifactKey, int] = {}
-    for k in keys:  # grid.stages_for lists dependencies before dependants
-        level[k] = 1 + max((level.get(d, 0) for d in stage_deps(k)), default=0)
-    failed: dict[ArtifactKey, tuple[str, str]] = {}
-    done = 0
-    for lv in sorted(set(level.values())):
-        batch = []
-        for k in (k for k in keys if level[k] == lv):
-            bad = [d for d in stage_deps(k) if d in failed]
-            if bad:
-                failed[k] = failed[bad[0]]  # the root cause, as the user has to fix it
-            else:
-                batch.append(k)
-        refs = [
-            build_one.options(num_gpus=gpus if stage_uses_accelerator(k) else 0).remote(
-                k.kind, k.config_json, artifacts_root
-            )
-            for k in batch
-        ]
-        for i, (k, ref) in enumerate(zip(batch, refs), 1):
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayTaskError as err:
-                text = str(err).strip()  # the remote traceback, ending with the error
-                failed[k] = (f"stage {k} failed: {text.splitlines()[-1]}", text)
-                _say(f"  {failed[k][0]}")
-            done += 1
-            if i == len(refs) or i % 25 == 0:
-                _say(f"  stages built: {done}/{len(keys)} (level {lv})")
-    _say(f"stages ready in {time.time() - t0:.1f}s" + (f"; {len(failed)} failed" if failed else ""))
-    return failed
 
 
 def run(spec: SweepSpec, address: str | None = None, checkpoint_interval_s: float = 60.0) -> int:
@@ -231,17 +176,10 @@ def _launch(
     """Build the missing stages, run the pending trials with Tune; returns the trials still without a row."""
     from ray import tune
 
-    res = spec.resources
-    failed_stages = build_stages(
-        plan.stages_missing, store.artifacts_uri, cpus=res.cpus_per_trial, gpus=res.gpus_per_trial
-    )
-    if failed_stages:
-        plan.pending = _drop_trials_of_failed_stages(store, plan.pending, failed_stages)
-        if not plan.pending:
-            _say("no trial can run: every pending trial needs a failed stage")
-            return [t for t in plan.trials if t.trial_id not in store.done_ids()]
-
     from orchestrator.trainable import trainable
+
+    res = spec.resources
+    stages = StageBuilds(plan.stages_missing, store.artifacts_uri, cpus=res.cpus_per_trial, gpus=res.gpus_per_trial)
 
     st = store.st
     names = {t.trial_id: trial_name(t) for t in plan.pending}
@@ -257,11 +195,13 @@ def _launch(
         ),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial},
     )
-    progress = _progress_callback(names, len(plan.trials), len(plan.done))
+    progress = _progress_callback(names, len(plan.trials), len(plan.done), stages)
+    searcher = ready_trials_searcher(plan.pending, stages, store, on_failed=progress.stage_failed)
     tuner = tune.Tuner(
         fn,
-        param_space={"trial_id": tune.grid_search([t.trial_id for t in plan.pending])},
         tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=len(plan.pending),
             max_concurrent_trials=res.max_concurrent,
             reuse_actors=True,
             trial_dirname_creator=lambda t: t.config["trial_id"],
@@ -301,33 +241,15 @@ def _launch(
     return missing
 
 
-def _drop_trials_of_failed_stages(
-    store: SweepStore, pending: list[TrialConfig], failed: dict[ArtifactKey, tuple[str, str]]
-) -> list[TrialConfig]:
-    """Record trials whose stages failed as failures (failures/<trial_id>.json); return the others."""
-
-    def closure(key: ArtifactKey) -> list[ArtifactKey]:
-        return [key] + [k for d in stage_deps(key) for k in closure(d)]
-
-    keep = []
-    for t in pending:
-        bad = [k for r in requires(t) for k in closure(r) if k in failed]
-        if bad:
-            store.record_failure(t.trial_id, trial_name(t), 0, *failed[bad[0]])
-        else:
-            keep.append(t)
-    _say(f"{len(pending) - len(keep)} trial(s) skipped because a stage they need failed")
-    return keep
-
-
 def _with_storage(spec: SweepSpec, storage: str) -> SweepSpec:
     from dataclasses import replace
 
     return replace(spec, storage=storage)
 
 
-def _progress_callback(names: dict[str, str], total: int, already: int):
-    """One line per finished or failed trial: 'done 7/24 el2n-hl-ipc10-s0 top1=0.812 (elapsed 14s)'."""
+def _progress_callback(names: dict[str, str], total: int, already: int, stages: StageBuilds):
+    """One line per finished or failed trial, with the stages built so far:
+    'done 7/24 el2n-hl-ipc10-s0 top1=0.812 (stages 30/53, elapsed 14s)'."""
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -337,11 +259,15 @@ def _progress_callback(names: dict[str, str], total: int, already: int):
         def _name(self, trial) -> str:
             return names.get(trial.config["trial_id"], "?")
 
+        def _when(self) -> str:
+            built = stages.summary()
+            return f"({built + ', ' if built else ''}elapsed {time.time() - self.t0:.0f}s)"
+
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.count += 1
             r = trial.last_result or {}
             top1 = f" top1={r['top1']:.3f}" if "top1" in r else ""
-            _say(f"done {self.count}/{total} {self._name(trial)}{top1} (elapsed {time.time() - self.t0:.0f}s)")
+            _say(f"done {self.count}/{total} {self._name(trial)}{top1} {self._when()}")
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             _say(f"retrying {self._name(trial)} after an error")
@@ -349,5 +275,9 @@ def _progress_callback(names: dict[str, str], total: int, already: int):
         def on_trial_error(self, iteration, trials, trial, **info):
             self.failed += 1
             _say(f"FAILED {self._name(trial)} (no retries left; {self.failed} failed so far)")
+
+        def stage_failed(self, trial: TrialConfig) -> None:
+            self.failed += 1
+            _say(f"FAILED {names.get(trial.trial_id, '?')}: a stage it needs failed {self._when()}")
 
     return Progress()

@@ -72,7 +72,7 @@ SCHEMA = pa.schema(
 )
 
 
-CACHE = ".rows.parquet"  # every row read so far, with its file's name, size and mtime (SweepStore.rows)
+CACHE = ".rows.cache"  # (Parquet) every row read so far, with its file's name, size and mtime (SweepStore.rows)
 CACHE_SCHEMA = pa.schema([*SCHEMA, ("_file", pa.string()), ("_size", pa.int64()), ("_mtime", pa.int64())])
 
 
@@ -150,7 +150,7 @@ class SweepStore:
         return {name[: -len(".parquet")] for name in names}
 
     def rows(self, columns: list[str] | None = None) -> pa.Table:
-        """Every readable row, read through a cache: rows are never rewritten, so `results/.rows.parquet`
+        """Every readable row, read through a cache: rows are never rewritten, so `results/.rows.cache`
         (hidden; one file) holds each row read so far with its file's name, size and mtime, and only new
         or changed row files are read, in parallel. A row file that cannot be read (zero bytes,
         truncated, not Parquet) is not a row: it is moved to results/.damaged/ where the store allows it

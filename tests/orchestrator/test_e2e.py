@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,7 +89,7 @@ def test_adding_a_seed_runs_only_the_new_trials(tmp_path, cli_env):
 
 
 def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env):
-    sweep = write_sweep(tmp_path / "s.yaml", ipc=(5, 10, 20), seeds=(0, 1, 2), epochs=150)
+    sweep = write_sweep(tmp_path / "s.yaml", ipc=(5, 10, 20), seeds=(0, 1, 2), epochs=500)
     store = tmp_path / "store"
     proc = subprocess.Popen(
         [DDSWEEP, "run", str(sweep)],
@@ -109,7 +110,8 @@ def test_sigkill_mid_sweep_then_rerun_gives_one_row_per_trial(tmp_path, cli_env)
         second = run_cli(["run", str(sweep)], cli_env, timeout=120)
         assert second.returncode == 3 and f"pid {proc.pid}" in second.stderr, second.stderr[-2000:]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the embedded Ray processes it started
+        with contextlib.suppress(ProcessLookupError):  # (if it already ended, the check below says so)
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the embedded Ray processes it started
         proc.wait()
     first = snapshot(store, "tiny")
     assert 1 <= len(first) < 9, "the kill came too late to test anything"
@@ -161,3 +163,29 @@ def test_a_failing_stage_fails_only_the_trials_that_need_it(tmp_path, cli_env):
     assert "load_weights" in next(iter(fails.values()))["traceback"]  # the stage's traceback is kept
     status = run_cli(["status", str(sweep)], cli_env)
     assert "1 done, 0 started, 1 failed, 0 pending" in status.stdout and "not a readable state_dict" in status.stdout
+
+
+def test_trials_start_while_other_stages_still_build(tmp_path, cli_env):
+    """No barrier: random's trials need only their quick subsets and start while EL2N's long score runs
+    still train (timestamps from the rows and the score runs' manifests)."""
+    sweep = write_sweep(
+        tmp_path / "s.yaml",
+        name="nobarrier",
+        ipc=(2,),
+        seeds=(0, 1, 2, 3),
+        epochs=20,
+        extra="selectors: {el2n_easy: {runs: 2, epoch: 60}}\n",
+    )
+    text = sweep.read_text().replace("selector: [random]", "selector: [random, el2n_easy]")
+    # half a CPU per task: on this 2-CPU machine the two score runs leave room for trials
+    sweep.write_text(text.replace("resources: {cpus_per_trial: 1}", "resources: {cpus_per_trial: 0.5}"))
+    out = run_cli(["run", str(sweep)], cli_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    df = results.load(tmp_path / "store", "nobarrier")
+    assert len(df) == 8
+    first_random = df.loc[df["selector"] == "random", "started_at"].min().timestamp()
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "store" / "artifacts" / "dynamics").glob("*/manifest.json")]
+    assert len(runs) == 2
+    last_stage = max(m["built_at"] for m in runs)
+    assert first_random < last_stage, (first_random, last_stage)
+    assert "stages 2/" in out.stdout or "stages " in out.stdout  # progress shows stages beside trials

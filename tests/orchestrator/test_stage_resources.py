@@ -1,10 +1,12 @@
 """Shared stages run as Ray tasks with the trial's resources: networks get the GPU, numpy selection does not."""
 
 import json
+import time
 
 import pytest
 
-from orchestrator.driver import build_stages, make_plan
+from orchestrator.driver import make_plan
+from orchestrator.scheduler import StageBuilds
 from orchestrator.spec import parse_spec
 from workers.storage import child_uri
 
@@ -27,17 +29,21 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 1}}
     plan = make_plan(spec)
     assert sorted(k.kind for k in plan.stages_missing) == ["features", "subset", "subset", "teacher"]
     # Ray only counts GPUs; one declared on this CPU machine is enough to see who gets it.
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        failed = build_stages(
+        builds = StageBuilds(
             plan.stages_missing,
             child_uri(spec.storage, "artifacts"),
             cpus=spec.resources.cpus_per_trial,
             gpus=spec.resources.gpus_per_trial,
         )
+        deadline = time.time() + 600
+        while len(builds.built) + len(builds.failed) < len(plan.stages_missing) and time.time() < deadline:
+            builds.poll()
+            time.sleep(0.2)
     finally:
         ray.shutdown()
-    assert failed == {}
+    assert builds.failed == {} and builds.built == set(plan.stages_missing)
     seen = {}
     for k in plan.stages_missing:
         m = json.loads((tmp_path / "artifacts" / k.kind / k.digest / "manifest.json").read_text())

@@ -41,5 +41,6 @@ def describe(root: str | None = None, **options) -> dict:
         "class_names": list(s.class_names),
         "train_class_sizes": np.bincount(s.train_y).tolist(),
         "num_train": len(s.train_y),
+        "num_test": len(s.test_y),
         "image_shape": list(s.image_shape),
     }
