@@ -1,4 +1,4 @@
-"""`ddsweep` command line: validate | plan | run | status | report | list."""
+"""`ddsweep` command line: validate | plan | run | check-teacher | status | report | migrate | list."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from collections import Counter
 
-from orchestrator.driver import StaleIds, make_plan, run, stale_message
+from orchestrator.driver import StaleIds, check_teacher, make_plan, run, stale_message
 from orchestrator.grid import expand
 from orchestrator.lock import DriverLock, SweepLocked
 from orchestrator.report import accuracy_table, current_rows, format_table, write_report
@@ -80,6 +80,41 @@ def cmd_run(args) -> int:
 
     spec = _load(args)
     return run(spec, address=args.address, checkpoint_interval_s=args.checkpoint_interval)
+
+
+def cmd_check_teacher(args) -> int:
+    """Evaluate the sweep's teacher weights on the cached val split: compare with the published figure."""
+    spec = _load(args)
+    try:
+        r = check_teacher(spec, address=args.address)
+    except (ValueError, RuntimeError) as err:
+        print(f"ddsweep: {err}", file=sys.stderr)
+        return 1
+    d = spec.dataset.opts
+    transform = (
+        f"resize {d['val_resize']} / centre crop {d['val_crop']}, {d['interpolation']}"
+        if "val_resize" in d
+        else f"{spec.dataset.name} at {r['input_shape'][-1]} px"
+    )
+    print(
+        f"teacher {spec.teacher.arch.label()} ({spec.teacher.weights}, {r['normalize']} normalisation), "
+        f"{r['classes']} classes, on the val split ({r['val_images']} images, {transform}):"
+    )
+    print(
+        f"  val top-1 {100 * r['val_top1']:.2f}%  top-5 {100 * r['val_top5']:.2f}%  "
+        f"(minival top-1 {100 * r['minival_top1']:.2f}%)"
+    )
+    if r.get("reference"):
+        name, top1, top5 = r["reference"]
+        print(
+            f"  {name} reaches {top1:.2f}% / {top5:.2f}% under resize 256 / centre crop 224, bilinear; a gap of more "
+            "than a few tenths of a point means another transform, class order or file"
+        )
+    if not args.address:
+        import ray
+
+        ray.shutdown()
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -196,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between a trial's epoch checkpoints (default 60)",
     )
     sp.set_defaults(fn=cmd_run)
+    sp = with_sweep("check-teacher", "val top-1 of the teacher's weights on the cached val split (a sanity check)")
+    sp.add_argument("--address", default=None, help="Ray cluster address (default: start an embedded local Ray)")
+    sp.set_defaults(fn=cmd_check_teacher)
     with_sweep("status", "done / started / failed / pending, per axis").set_defaults(fn=cmd_status)
     with_sweep("report", "accuracy table and curves under <storage>/<sweep>/report/").set_defaults(fn=cmd_report)
     sp = with_sweep("migrate", "re-key rows written under an older trial-id rule (nothing is re-run)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,9 @@ from orchestrator.lock import DriverLock
 from orchestrator.results import SweepStore
 from orchestrator.spec import SweepSpec
 from workers.artifacts import ArtifactStore
+from workers.catalogue import STAGES
 from workers.config import ID_SCHEMA, ArtifactKey, TrialConfig
-from workers.graph import requires, stage_deps, stage_uses_accelerator
+from workers.graph import cache_key, requires, shard_keys, stage_deps, stage_uses_accelerator
 from workers.naming import trial_name
 from workers.storage import is_uri
 
@@ -88,11 +90,26 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         )
 
 
-def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float) -> dict[ArtifactKey, str]:
+@dataclass(frozen=True)
+class StageFailure:
+    """Why a stage failed: the one-line error (the root cause, as the user has to fix it) and the remote
+    traceback, which failure records of the trials that needed the stage keep."""
+
+    error: str
+    traceback: str = ""
+
+    def __str__(self) -> str:
+        return self.error
+
+
+def build_stages(
+    keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float
+) -> dict[ArtifactKey, StageFailure]:
     """Build missing shared stages as Ray tasks, de-duplicated, one dependency level at a time.
 
-    Returns {stage: error} for the stages that failed (their dependants are not attempted); the
-    caller records the trials that needed them as failed and runs the rest."""
+    Returns {stage: failure} for the stages that failed (their dependants are not attempted); the
+    caller records the trials that needed them as failed and runs the rest. A stage kind may declare its
+    own CPUs (a cache shard decodes on one core); the others get the trial's."""
     import ray
 
     if not keys:
@@ -112,7 +129,7 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
     level: dict[ArtifactKey, int] = {}
     for k in keys:  # grid.stages_for lists dependencies before dependants
         level[k] = 1 + max((level.get(d, 0) for d in stage_deps(k)), default=0)
-    failed: dict[ArtifactKey, str] = {}
+    failed: dict[ArtifactKey, StageFailure] = {}
     done = 0
     for lv in sorted(set(level.values())):
         batch = []
@@ -123,9 +140,10 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
             else:
                 batch.append(k)
         refs = [
-            build_one.options(num_gpus=gpus if stage_uses_accelerator(k) else 0).remote(
-                k.kind, k.config_json, artifacts_root
-            )
+            build_one.options(
+                num_cpus=STAGES[k.kind].cpus if STAGES[k.kind].cpus is not None else cpus,
+                num_gpus=gpus if stage_uses_accelerator(k) else 0,
+            ).remote(k.kind, k.config_json, artifacts_root)
             for k in batch
         ]
         for i, (k, ref) in enumerate(zip(batch, refs), 1):
@@ -134,7 +152,9 @@ def build_stages(keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus
             except ray.exceptions.RayTaskError as err:
                 cause = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
                 msg = str(cause).strip().splitlines()[-1]
-                failed[k] = f"stage {k} failed: {msg}"
+                remote = getattr(err, "traceback_str", None) or str(err)
+                remote = "Traceback of the Ray task (most recent call last):\n" + re.sub(r"\x1b\[[0-9;]*m", "", remote)
+                failed[k] = StageFailure(f"stage {k} failed: {msg}", remote)
                 _say(f"  {failed[k]}")
             done += 1
             if i == len(refs) or i % 25 == 0:
@@ -240,8 +260,51 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
     return 0 if not missing else 1
 
 
+# Published figures of torchvision checkpoints, by the first 8 hex digits of the file's sha256 (the suffix of
+# torchvision's file names): what `ddsweep check-teacher` should reproduce on ImageNet's val split under
+# resize 256 / centre crop 224, bilinear (torchvision's eval transform of these weights).
+TORCHVISION_REFERENCE = {"f37072fd": ("torchvision ResNet-18 IMAGENET1K_V1", 69.758, 89.078)}
+
+
+def check_teacher(spec: SweepSpec, address: str | None = None) -> dict:
+    """The val top-1 of the sweep's teacher weights on the cached val split: builds the cache stages that are
+    missing (Ray tasks), then evaluates in one Ray task with the trial's resources. Returns the figures."""
+    t = spec.teacher
+    if t is None or not t.weights:
+        raise ValueError("teacher.weights: check-teacher evaluates a weights file; the sweep's teacher has none")
+    store = spec.store()
+    artifacts = ArtifactStore(store.artifacts_uri)
+    ckey = cache_key(spec.dataset)
+    keys = [] if ckey is None else [*shard_keys(ckey), ckey]
+    init_ray(address)
+    import ray
+
+    res = spec.resources
+    failed = build_stages([k for k in keys if not artifacts.exists(k)], store.artifacts_uri, res.cpus_per_trial, 0)
+    if failed:
+        raise RuntimeError(next(iter(failed.values())).error)
+
+    @ray.remote(max_retries=0)
+    def check_one(dataset: dict, teacher: dict, root: str) -> dict:
+        from workers.artifacts import ArtifactStore
+        from workers.teacher import check_teacher as check
+
+        return check(dataset, teacher, ArtifactStore(root))
+
+    ref = check_one.options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial).remote(
+        spec.dataset.to_json(), t.to_json(), store.artifacts_uri
+    )
+    try:
+        out = ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
+        raise RuntimeError(str(cause).strip().splitlines()[-1]) from None
+    out["reference"] = TORCHVISION_REFERENCE.get((t.weights_sha256 or "")[:8])
+    return out
+
+
 def _drop_trials_of_failed_stages(
-    store: SweepStore, pending: list[TrialConfig], failed: dict[ArtifactKey, str]
+    store: SweepStore, pending: list[TrialConfig], failed: dict[ArtifactKey, StageFailure]
 ) -> list[TrialConfig]:
     """Record trials whose stages failed as failures (failures/<trial_id>.json); return the others."""
 
@@ -252,7 +315,8 @@ def _drop_trials_of_failed_stages(
     for t in pending:
         bad = [k for r in requires(t) for k in closure(r) if k in failed]
         if bad:
-            store.record_failure(t.trial_id, trial_name(t), 0, failed[bad[0]], "")
+            f = failed[bad[0]]
+            store.record_failure(t.trial_id, trial_name(t), 0, f.error, f.traceback)
         else:
             keep.append(t)
     _say(f"{len(pending) - len(keep)} trial(s) skipped because a stage they need failed")

@@ -1,5 +1,8 @@
 """The artifact graph: which shared stages a trial needs, their content-addressed keys, their dependencies.
 
+A cached data set (imagefolder) adds its `cache` (and the cache its `shard`s) to the dependencies of every
+stage and trial that reads it; digits has none, so its keys and trial ids are those of before.
+
 No torch. A key hashes exactly the config that produces the artifact (docs/design.md §4), so a
 stage is built once and shared by every trial and sweep that needs the same thing: a subset never
 depends on the regime, nor on what its selector does not read.
@@ -7,8 +10,38 @@ depends on the regime, nor on what its selector does not read.
 
 from __future__ import annotations
 
-from workers.catalogue import REGIMES, SELECTORS, STAGES
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from workers.catalogue import DATASETS, REGIMES, SELECTORS, STAGES, dataset_facts
 from workers.config import ArtifactKey, DatasetConfig, Named, TeacherConfig, TrainConfig, TrialConfig
+
+
+def cache_key(dataset: DatasetConfig | Mapping[str, Any]) -> ArtifactKey | None:
+    """The `cache` artifact of a cached data set (imagefolder), None for one held in memory (digits). Its key is
+    the decode rule (root, listing digest, sizes, filter, shard size) and the rows per split, from the data
+    set's torch-free facts (docs/design.md §4)."""
+    d = dataset if isinstance(dataset, DatasetConfig) else DatasetConfig.from_json(dataset)
+    if not DATASETS[d.name].cached:
+        return None
+    return ArtifactKey.make("cache", dataset_facts(d.name, d.root, d.opts)["cache"])
+
+
+def shard_keys(cache: ArtifactKey) -> list[ArtifactKey]:
+    """The shards of a cache: per split, ceil(rows / shard_size) of them, each its own stage."""
+    rule = cache.cfg["rule"]
+    size = rule["shard_size"]
+    return [
+        ArtifactKey.make("shard", {"rule": rule, "split": split, "index": i})
+        for split, n in cache.cfg["splits"].items()
+        for i in range(math.ceil(n / size))
+    ]
+
+
+def _with_cache(dataset: Mapping[str, Any], keys: list[ArtifactKey]) -> list[ArtifactKey]:
+    ckey = cache_key(dataset)
+    return keys if ckey is None else [ckey, *keys]
 
 
 def teacher_key(dataset: DatasetConfig, teacher: TeacherConfig) -> ArtifactKey:
@@ -87,6 +120,9 @@ def requires(trial: TrialConfig) -> list[ArtifactKey]:
     keys = [subset_key(trial)]
     if trial.teacher is not None:
         keys.append(teacher_key(trial.dataset, trial.teacher))
+    ckey = cache_key(trial.dataset)
+    if ckey is not None:
+        keys.append(ckey)
     return keys
 
 
@@ -94,9 +130,13 @@ def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
     """Artifacts a stage needs before it can be built; the driver builds in dependency order."""
     cfg = key.cfg
     if key.kind == "subset":
-        return [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])]
+        return _with_cache(cfg["dataset"], [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])])
     if key.kind == "features":
-        return [ArtifactKey.make("teacher", cfg["teacher"])]
+        return _with_cache(cfg["teacher"]["dataset"], [ArtifactKey.make("teacher", cfg["teacher"])])
+    if key.kind in ("teacher", "dynamics"):
+        return _with_cache(cfg["dataset"], [])
+    if key.kind == "cache":
+        return shard_keys(key)
     return []
 
 

@@ -32,6 +32,18 @@ from workers.seeding import counter_uniform
 
 
 # ------------------------------------------------------------------ augmentation shared by hl and sl
+def center_crop(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The centre side x side crop of (B, C, H, W) images (torchvision's CenterCrop offsets); unchanged when
+    they already have that side. The un-augmented view of an image cached larger than the model's input."""
+    h, w = x.shape[-2:]
+    if (h, w) == (side, side):
+        return x
+    if side > h or side > w:
+        raise ValueError(f"cannot centre-crop {h}x{w} images to {side}x{side}; the cache must be at least image_size")
+    top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+    return x[..., top : top + side, left : left + side]
+
+
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random translation by up to side/8 px per image, zero padding."""
     b, c, h, w = x.shape
@@ -46,24 +58,61 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[batch, chan, rows, cols]
 
 
+def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
 def _shift_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The shift, then a horizontal flip of each image with probability 1/2."""
-    out = _shift(x, gen)
-    flip = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+    return _flip(_shift(x, gen), gen)
 
 
-_AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "none": lambda x, gen: x,
-    "crop": _shift,
-    "crop_flip": _shift_flip,
+RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
+def resized_crops(x: torch.Tensor, w, h, cx, cy, flip, side: int) -> torch.Tensor:
+    """Boxes (width w, height h, centre cx, cy as fractions of the image; flip -1/+1) of the images x, resampled
+    bilinearly to side x side (reflection padding at the border)."""
+    b = len(x)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = w * flip
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [b, x.shape[1], side, side], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _rrc_flip(x: torch.Tensor, gen: torch.Generator, side: int) -> torch.Tensor:
+    """RandomResizedCrop(side, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip, cut on the device from the
+    stored image: area and log-ratio uniform, the box clamped inside the image (as the SL+KD views), one draw
+    per image from `gen`."""
+    u = torch.rand(5, len(x), generator=gen, device=gen.device, dtype=torch.float64).to(x.device)
+    area = RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u[0]
+    log_r = math.log(RRC_RATIO[0]) + (math.log(RRC_RATIO[1]) - math.log(RRC_RATIO[0])) * u[1]
+    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    cx, cy = w / 2 + (1 - w) * u[2], h / 2 + (1 - h) * u[3]
+    flip = torch.where(u[4] < 0.5, -1.0, 1.0).to(torch.float64)
+    return resized_crops(x, *(v.float() for v in (w, h, cx, cy, flip)), side)
+
+
+# name -> view of a batch (x, generator, output side); the same-size views are centre-cropped to the side after.
+_AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator, int], torch.Tensor]] = {
+    "none": lambda x, gen, side: center_crop(x, side),
+    "crop": lambda x, gen, side: center_crop(_shift(x, gen), side),
+    "crop_flip": lambda x, gen, side: center_crop(_shift_flip(x, gen), side),
+    "rrc_flip": _rrc_flip,
 }
 assert set(_AUGMENT) == set(AUGMENTATIONS), "workers.config.AUGMENTATIONS and the views here must agree"
 
 
-def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip."""
-    return _AUGMENT[kind](x, gen)
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator, side: int | None = None) -> torch.Tensor:
+    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip, rrc_flip; `side`
+    is the model's input side (default: the images' own)."""
+    return _AUGMENT[kind](x, gen, side or int(x.shape[-1]))
 
 
 def kl_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, T: float, t2_scale: bool) -> torch.Tensor:
@@ -96,8 +145,8 @@ class HardLabels(Regime):
     name = "hl"
 
     def loss(self, student, data, pos, epoch, aug_gen):
-        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen))
-        return F.cross_entropy(logits, data.y[pos]), logits
+        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen, data.input_side))
+        return F.cross_entropy(logits, data.labels(pos)), logits
 
 
 class TeacherRegime(Regime):
@@ -117,14 +166,17 @@ class FixedSoftLabels(TeacherRegime):
 
     name = "sl"
 
-    def prepare(self, data, num_epochs: int) -> None:
-        all_pos = torch.arange(len(data.y), device=data.x.device)
-        self.q = F.softmax(self.teacher_logits(data.float_batch(all_pos)) / self.cfg.temperature, dim=1)
+    def prepare(self, data, num_epochs: int, chunk: int = 1024) -> None:
+        n = len(data.y)
+        logits = [
+            self.teacher_logits(data.clean_batch(data.positions(s, min(n, s + chunk)))) for s in range(0, n, chunk)
+        ]
+        self.q = F.softmax(torch.cat(logits) / self.cfg.temperature, dim=1)
         self.soft_label_bytes = self.q.numel() * 4
 
     def loss(self, student, data, pos, epoch, aug_gen):
-        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen))
-        return kl_loss(logits, self.q[pos], self.cfg.temperature, self.cfg.t2_scale), logits
+        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen, data.input_side))
+        return kl_loss(logits, self.q[pos.to(self.q.device)], self.cfg.temperature, self.cfg.t2_scale), logits
 
 
 # ------------------------------------------------------------------ SL+KD views
@@ -187,15 +239,9 @@ class KDViews:
         return self._params
 
     def crops(self, x: torch.Tensor, pos: torch.Tensor, p: dict) -> torch.Tensor:
-        """RandomResizedCrop + flip of the images x (already float) with the boxes of positions pos."""
-        b = len(pos)
-        theta = torch.zeros(b, 2, 3, device=x.device)
-        theta[:, 0, 0] = p["w"][pos] * p["flip"][pos]
-        theta[:, 0, 2] = 2 * p["cx"][pos] - 1
-        theta[:, 1, 1] = p["h"][pos]
-        theta[:, 1, 2] = 2 * p["cy"][pos] - 1
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        """RandomResizedCrop + flip of the images x (already float, any stored side) with the boxes of positions
+        pos, resampled to the views' side."""
+        return resized_crops(x, p["w"][pos], p["h"][pos], p["cx"][pos], p["cy"][pos], p["flip"][pos], self.side)
 
     def mixed(self, data, pos: torch.Tensor, epoch: int) -> torch.Tensor:
         p = self.params(epoch)
@@ -216,9 +262,7 @@ class FreshSoftLabels(TeacherRegime):
     name = "sl_kd"
 
     def prepare(self, data, num_epochs: int) -> None:
-        self.views = KDViews(
-            len(data.y), data.x.shape[-1], self.seed, self.cfg.kd_min_scale, data.x.device, ids=data.ids
-        )
+        self.views = KDViews(len(data.y), data.input_side, self.seed, self.cfg.kd_min_scale, data.device, ids=data.ids)
         self.stored = None
         if self.cfg.kd_backend == "stored":
             self.stored = [self._store_epoch(data, e) for e in range(num_epochs)]
@@ -230,7 +274,7 @@ class FreshSoftLabels(TeacherRegime):
         logits = torch.cat(
             [
                 self.teacher_logits(
-                    self.views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.x.device), epoch)
+                    self.views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.device), epoch)
                 )
                 .half()
                 .cpu()

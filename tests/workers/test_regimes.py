@@ -420,3 +420,41 @@ def test_regimes_of_one_subset_train_the_same_images():
         # the trials themselves differ (regime is part of the trial id) while the images do not
         assert len({t.trial_id for t in regimes.values()}) == 3
     assert keys["random"] != keys["herding"]
+
+
+# ------------------------------------------------------------------ views cut from a larger cached image (issue #11)
+def test_rrc_flip_cuts_views_of_the_input_side_from_a_larger_image():
+    from workers.regimes import center_crop
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 20, 20, generator=g)
+    a = augment(x, "rrc_flip", torch_generator(0, "augment", 3), side=16)
+    b = augment(x, "rrc_flip", torch_generator(0, "augment", 3), side=16)
+    c = augment(x, "rrc_flip", torch_generator(0, "augment", 4), side=16)
+    assert a.shape == (6, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    # a constant image stays constant: the box is resampled from inside the image, never padded
+    flat = torch.full((2, 3, 20, 20), 0.25)
+    torch.testing.assert_close(augment(flat, "rrc_flip", g, side=8), torch.full((2, 3, 8, 8), 0.25))
+    # the same-size views take the centre crop of the shifted image; none is the clean view
+    assert torch.equal(augment(x, "none", g, side=16), center_crop(x, 16)) and torch.equal(
+        center_crop(x, 16), x[..., 2:18, 2:18]
+    )
+    assert augment(x, "crop_flip", g, side=16).shape == (6, 3, 16, 16)
+    assert torch.equal(center_crop(x, 20), x)  # unchanged at its own side (digits: bit-identical)
+
+
+def test_kd_views_resample_to_the_input_side(small):
+    big = Tensors(
+        small.x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3),
+        small.y,
+        small.mean,
+        small.std,
+        small.ids,
+        side=8,
+    )
+    views = KDViews(len(small.y), 8, seed=0, min_scale=0.5, device="cpu", ids=small.ids)
+    v = views.mixed(big, torch.arange(6), epoch=1)
+    assert v.shape == (6, 1, 8, 8)
+    same = KDViews(len(small.y), 8, seed=0, min_scale=0.5, device="cpu", ids=small.ids).mixed(small, torch.arange(6), 1)
+    # the same boxes of the same picture at twice the resolution: close, not equal (bilinear resampling)
+    assert (v - same).abs().mean() < 0.25 * same.abs().mean()
