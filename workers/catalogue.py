@@ -487,6 +487,18 @@ STAGES.declare(
     "workers.teacher:build_features",
 )
 STAGES.declare(
+    "kd_epoch",
+    "one epoch of stored SL+KD labels of a subset: fp16 teacher logits (or top-k + int16 ids) of every view",
+    "workers.kd_labels:build_kd_epoch",
+)
+STAGES.declare(
+    "kd_labels",
+    "a set of stored SL+KD labels: its kd_epoch stages, one per epoch of the trial's plan, and their bytes",
+    "workers.kd_labels:build_kd_labels",
+    uses_accelerator=False,
+    cpus=1,
+)
+STAGES.declare(
     "dynamics",
     "one full-data HL run recording per-sample training dynamics (K x N float16)",
     "workers.scores.recording:build_dynamics",

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from workers.budget import plan
 from workers.catalogue import DATASETS, REGIMES, SELECTORS, STAGES, dataset_facts
 from workers.config import ArtifactKey, DatasetConfig, Named, TeacherConfig, TrainConfig, TrialConfig
 
@@ -115,6 +116,40 @@ def subset_key(trial: TrialConfig) -> ArtifactKey:
     )
 
 
+def train_epochs(trial: TrialConfig) -> int:
+    """Epochs over its training images a trial walks (the last one may be partial), from the data set's facts:
+    n = IPC x C images (the `full` selector: the N of the train split) under the trial's budget."""
+    facts = dataset_facts(trial.dataset.name, trial.dataset.root, trial.dataset.opts)
+    n_subset, n_full = trial.ipc * len(facts["class_names"]), facts["num_train"]
+    n_data = n_subset if SELECTORS[trial.selector.name].balanced else n_full
+    p = plan(trial.budget, n_subset, n_full, trial.train.batch_size, n_data)
+    return math.ceil(p.images_seen / n_data)
+
+
+def kd_labels_key(trial: TrialConfig) -> ArtifactKey | None:
+    """Stored SL+KD labels (docs/methods.md §9) of a `sl_kd` trial with `kd_backend: stored`: keyed by the subset,
+    the teacher, the trial seed, the view parameters (kd_min_scale; the views' side is the data set's), top-k and
+    the number of epochs. Each epoch is its own `kd_epoch` stage, shared by every trial that needs it."""
+    if trial.regime != "sl_kd" or trial.train.kd_backend != "stored" or trial.teacher is None:
+        return None
+    labels = {
+        "subset": subset_key(trial).cfg,
+        "teacher": teacher_key(trial.dataset, trial.teacher).cfg,
+        "seed": trial.seed,
+        "min_scale": trial.train.kd_min_scale,
+        "topk": trial.train.kd_topk,
+    }
+    return ArtifactKey.make("kd_labels", {"labels": labels, "epochs": train_epochs(trial)})
+
+
+def kd_epoch_keys(labels: ArtifactKey) -> list[ArtifactKey]:
+    """One `kd_epoch` stage per epoch of a `kd_labels` set; an epoch's key does not hold the number of epochs, so
+    a longer budget reuses the epochs a shorter one built."""
+    return [
+        ArtifactKey.make("kd_epoch", {"labels": labels.cfg["labels"], "epoch": e}) for e in range(labels.cfg["epochs"])
+    ]
+
+
 def requires(trial: TrialConfig) -> list[ArtifactKey]:
     """Artifacts a trial needs before it starts (docs/design.md §4)."""
     keys = [subset_key(trial)]
@@ -123,6 +158,9 @@ def requires(trial: TrialConfig) -> list[ArtifactKey]:
     ckey = cache_key(trial.dataset)
     if ckey is not None:
         keys.append(ckey)
+    kkey = kd_labels_key(trial)
+    if kkey is not None:
+        keys.append(kkey)
     return keys
 
 
@@ -137,6 +175,12 @@ def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
         return _with_cache(cfg["dataset"], [])
     if key.kind == "cache":
         return shard_keys(key)
+    if key.kind == "kd_labels":
+        return kd_epoch_keys(key)
+    if key.kind == "kd_epoch":
+        labels = key.cfg["labels"]
+        subset, teacher = ArtifactKey.make("subset", labels["subset"]), ArtifactKey.make("teacher", labels["teacher"])
+        return _with_cache(labels["subset"]["dataset"], [subset, teacher])
     return []
 
 

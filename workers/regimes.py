@@ -6,9 +6,10 @@
 - `sl_kd`: a fresh teacher label for every augmented view: per (epoch, sample) a RandomResizedCrop
   + flip view, CutMix with a partner sample, target softmax(teacher(mixed view)/T). Back-ends:
   `online` (teacher forward on every batch) and `stored` (FKD-style: every (epoch, sample) label
-  precomputed as fp16 logits, optionally top-k). Every view parameter is a counter-based draw of
-  (seed, epoch, sample id), so a view does not depend on the batch it lands in, the batch size or
-  the worker count; both back-ends see identical views and targets up to fp16.
+  precomputed as fp16 logits, optionally top-k, in the `kd_labels` artifact on disk, a file per
+  epoch: workers.kd_labels). Every view parameter is a counter-based draw of (seed, epoch, sample
+  id), so a view does not depend on the batch it lands in, the batch size or the worker count; both
+  back-ends see identical views and targets up to fp16.
 
 Loss convention (docs/methods.md §1.4): kl_div(log_softmax(s/T), softmax(t/T), "batchmean"), times T^2
 only when `t2_scale` is set. Default off, as SRe2L/RDED/DD-Ranking: with Adam/AdamW (the soft-label
@@ -256,55 +257,81 @@ class KDViews:
         return torch.where(mask, other, mine)
 
 
+@torch.no_grad()
+def view_logits(teacher: nn.Module, views: KDViews, data, epoch: int, topk: int = 0, chunk: int = 1024):
+    """The stored SL+KD labels of one epoch, `chunk` subset positions at a time: (fp16 logits,) of every mixed
+    view, or (fp16 values, int16 class ids) of its `topk` largest logits when 0 < topk < C. On the CPU."""
+    n = len(data.y)
+    for s in range(0, n, chunk):
+        x = views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.device), epoch)
+        logits = torch.cat([teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)]).half().cpu()
+        if topk and topk < logits.shape[1]:
+            top = logits.topk(topk, dim=1)
+            yield (top.values, top.indices.to(torch.int16))
+        else:
+            yield (logits,)
+
+
+def reconstruct_topk(values: torch.Tensor, idx: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Full logits from the k stored ones of each view (docs/methods.md §9): every missing class gets the smallest
+    stored logit of its view. (The target is then softmax(z/T) as for full logits.)"""
+    full = values.min(dim=1, keepdim=True).values.expand(-1, num_classes).clone()
+    return full.scatter(1, idx, values)
+
+
+def topk_uniform(logits: torch.Tensor, k: int, T: float) -> torch.Tensor:
+    """The alternative reconstruction compared in benchmarks/soft_labels.py: the exact softmax(z/T) probabilities of
+    the k largest logits, and the rest of the probability spread evenly over the other classes (storing it takes
+    the k values, their ids and the remaining mass per view)."""
+    p = F.softmax(logits / T, dim=1)
+    top = p.topk(k, dim=1)
+    rest = (1 - top.values.sum(dim=1, keepdim=True)).clamp_min(0) / max(p.shape[1] - k, 1)
+    return rest.expand_as(p).clone().scatter(1, top.indices, top.values)
+
+
 class FreshSoftLabels(TeacherRegime):
-    """`sl_kd`: a teacher label for every augmented, mixed view; `online` or `stored` back-end."""
+    """`sl_kd`: a teacher label for every augmented, mixed view; `online` or `stored` back-end.
+
+    `stored` replays the labels of the `kd_labels` artifact (workers.kd_labels), one epoch at a time: `labels`
+    is its reader (`epoch(e)` -> the stored tensors of epoch e, `bytes`)."""
 
     name = "sl_kd"
 
+    def __init__(self, cfg: TrainConfig, seed: int, teacher: nn.Module, labels=None) -> None:
+        super().__init__(cfg, seed, teacher)
+        self.labels = labels
+
     def prepare(self, data, num_epochs: int) -> None:
         self.views = KDViews(len(data.y), data.input_side, self.seed, self.cfg.kd_min_scale, data.device, ids=data.ids)
-        self.stored = None
         if self.cfg.kd_backend == "stored":
-            self.stored = [self._store_epoch(data, e) for e in range(num_epochs)]
-            self.soft_label_bytes = sum(sum(t.numel() * t.element_size() for t in s) for s in self.stored)
-
-    def _store_epoch(self, data, epoch: int, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
-        # Views in chunks, labels kept on the CPU: the store can be GBs (docs/methods.md §9), the device is not.
-        n = len(data.y)
-        logits = torch.cat(
-            [
-                self.teacher_logits(
-                    self.views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.device), epoch)
+            if self.labels is None:
+                raise ValueError("kd_backend stored replays the kd_labels artifact; pass its reader as labels=")
+            if self.labels.epochs < num_epochs or self.labels.n != len(data.y):
+                raise ValueError(
+                    f"the stored SL+KD labels cover {self.labels.epochs} epochs of {self.labels.n} images; this "
+                    f"training needs {num_epochs} epochs of {len(data.y)}"
                 )
-                .half()
-                .cpu()
-                for s in range(0, n, chunk)
-            ]
-        )
-        k = self.cfg.kd_topk
-        if k and k < logits.shape[1]:
-            top = logits.topk(k, dim=1)
-            return (top.values, top.indices.to(torch.int16))
-        return (logits,)
+            self.soft_label_bytes = self.labels.bytes
 
     def _stored_logits(self, pos: torch.Tensor, epoch: int, num_classes: int) -> torch.Tensor:
-        entry = self.stored[epoch]
+        """The stored logits of positions pos (top-k: missing classes at the smallest stored logit)."""
+        entry = self.labels.epoch(epoch)
         cpu_pos = pos.cpu()
         if len(entry) == 1:
             return entry[0][cpu_pos].float().to(pos.device)
         values, idx = entry[0][cpu_pos].float().to(pos.device), entry[1][cpu_pos].long().to(pos.device)
-        # Missing classes get the smallest stored logit (docs/methods.md §9, reconstruction).
-        full = values.min(dim=1, keepdim=True).values.expand(-1, num_classes).clone()
-        return full.scatter(1, idx, values)
+        return reconstruct_topk(values, idx, num_classes)
+
+    def _stored_targets(self, pos: torch.Tensor, epoch: int, num_classes: int) -> torch.Tensor:
+        return F.softmax(self._stored_logits(pos, epoch, num_classes) / self.cfg.temperature, dim=1)
 
     def loss(self, student, data, pos, epoch, aug_gen):
         x = self.views.mixed(data, pos, epoch)
         logits = student(x)
-        if self.stored is not None:
-            t = self._stored_logits(pos, epoch, logits.shape[1])
+        if self.cfg.kd_backend == "stored":
+            target = self._stored_targets(pos, epoch, logits.shape[1])
         else:
-            t = self.teacher_logits(x)
-        target = F.softmax(t / self.cfg.temperature, dim=1)
+            target = F.softmax(self.teacher_logits(x) / self.cfg.temperature, dim=1)
         return kl_loss(logits, target, self.cfg.temperature, self.cfg.t2_scale), logits
 
 
@@ -316,5 +343,5 @@ def sl(cfg: TrainConfig, seed: int, teacher: nn.Module | None = None) -> Regime:
     return FixedSoftLabels(cfg, seed, teacher)
 
 
-def sl_kd(cfg: TrainConfig, seed: int, teacher: nn.Module | None = None) -> Regime:
-    return FreshSoftLabels(cfg, seed, teacher)
+def sl_kd(cfg: TrainConfig, seed: int, teacher: nn.Module | None = None, labels=None) -> Regime:
+    return FreshSoftLabels(cfg, seed, teacher, labels)

@@ -28,7 +28,7 @@ from workers.catalogue import REGIMES
 from workers.config import TrialConfig
 from workers.data import load_splits
 from workers.data.shards import ShardedImages
-from workers.graph import requires, subset_key, teacher_key
+from workers.graph import kd_labels_key, requires, subset_key, teacher_key
 from workers.naming import trial_name
 from workers.storage import Storage, child_uri
 from workers.teacher import load_teacher
@@ -100,7 +100,13 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     teacher = None
     if config.teacher is not None:
         teacher = load_teacher(teacher_key(config.dataset, config.teacher), store, device)
-    regime = REGIMES[config.regime].load()(config.train, config.seed, teacher)
+    extra = {}
+    kkey = kd_labels_key(config)
+    if kkey is not None:  # stored SL+KD labels: read from their artifact one epoch at a time
+        from workers.kd_labels import StoredLabels
+
+        extra["labels"] = StoredLabels.of(kkey, store)
+    regime = REGIMES[config.regime].load()(config.train, config.seed, teacher, **extra)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 

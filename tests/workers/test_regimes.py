@@ -239,11 +239,24 @@ def test_kd_labels_change_between_epochs(teacher, small):
 EPOCHS = 3
 
 
+def stored_labels(folder, teacher, data, seed: int, epochs: int, topk: int = 0, min_scale: float = 0.08):
+    """Stored SL+KD labels written to disk as the kd_epoch stage writes them (workers.kd_labels.write_epoch)."""
+    from workers.kd_labels import StoredLabels, write_epoch
+
+    views = KDViews(len(data.y), data.input_side, seed, min_scale, data.device, ids=data.ids)
+    nbytes = 0
+    for e in range(epochs):
+        (folder / str(e)).mkdir(parents=True)
+        nbytes += write_epoch(folder / str(e), teacher, views, data, e, topk)
+    return StoredLabels(lambda e: folder / str(e), epochs, len(data.y), nbytes)
+
+
 @pytest.fixture(scope="module")
-def online_and_stored(teacher, small):
+def online_and_stored(teacher, small, tmp_path_factory):
     T = 4.0
     on = FreshSoftLabels(TrainConfig(temperature=T, kd_backend="online"), 11, teacher)
-    st = FreshSoftLabels(TrainConfig(temperature=T, kd_backend="stored"), 11, teacher)
+    labels = stored_labels(tmp_path_factory.mktemp("kd"), teacher, small, 11, EPOCHS)
+    st = FreshSoftLabels(TrainConfig(temperature=T, kd_backend="stored"), 11, teacher, labels)
     on.prepare(small, EPOCHS)
     st.prepare(small, EPOCHS)
     return on, st
@@ -260,7 +273,7 @@ def test_stored_logits_equal_online_teacher_on_regenerated_view(teacher, small, 
         with torch.no_grad():
             online = teacher(view)
         stored = st._stored_logits(pos, e, C)
-        assert stored.dtype == torch.float32 and st.stored[e][0].dtype == torch.float16
+        assert stored.dtype == torch.float32 and st.labels.epoch(e)[0].dtype == torch.float16
         assert online.abs().max() > 1.0  # real, non-trivial logits
         torch.testing.assert_close(stored, online, rtol=2**-10, atol=1e-3)
         # Keyed by position, not by batch: any subset of positions, in any order, reads the same rows.
@@ -285,25 +298,27 @@ def test_stored_bytes_full_fp16(small, online_and_stored):
     assert on.soft_label_bytes == 0
 
 
-def test_topk_storage(teacher, small, online_and_stored):
+def test_topk_storage(teacher, small, online_and_stored, tmp_path):
     _, full = online_and_stored
     n = len(small.y)
     pos = torch.arange(n)
 
-    k_all = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=C), 11, teacher)
+    labels = stored_labels(tmp_path / "all", teacher, small, 11, EPOCHS, topk=C)
+    k_all = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=C), 11, teacher, labels)
     k_all.prepare(small, EPOCHS)
     assert k_all.soft_label_bytes == full.soft_label_bytes
     for e in range(EPOCHS):
         assert torch.equal(k_all._stored_logits(pos, e, C), full._stored_logits(pos, e, C))
 
     k = 3
-    top = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=k), 11, teacher)
+    labels = stored_labels(tmp_path / "top", teacher, small, 11, EPOCHS, topk=k)
+    top = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=k), 11, teacher, labels)
     top.prepare(small, EPOCHS)
     assert top.soft_label_bytes == EPOCHS * n * k * (2 + 2)  # fp16 values + int16 class ids
     for e in range(EPOCHS):
         f = full._stored_logits(pos, e, C)
         r = top._stored_logits(pos, e, C)
-        values, idx = top.stored[e]
+        values, idx = top.labels.epoch(e)
         idx = idx.long()
         # the k largest are exact ...
         torch.testing.assert_close(
@@ -321,7 +336,7 @@ def test_topk_storage(teacher, small, online_and_stored):
         assert torch.all(r >= f)  # the filler never exceeds a true logit's rank
 
 
-def test_online_and_stored_students_track_each_other(teacher, splits):
+def test_online_and_stored_students_track_each_other(teacher, splits, tmp_path):
     idx = class_balanced(splits, 10)
     data, test = tensors(splits, idx), tensors(splits, split="test")
     budget = BudgetConfig("epochs", 12)
@@ -340,7 +355,9 @@ def test_online_and_stored_students_track_each_other(teacher, splits):
         p = plan(budget, len(idx), len(splits.train_y), cfg.batch_size)
         model = student(seed=3)
         before = evaluate(model, test)["loss"]
-        reg = FreshSoftLabels(cfg, 3, teacher)
+        epochs = -(-p.images_seen // len(idx))
+        labels = stored_labels(tmp_path, teacher, data, 3, epochs, min_scale=0.5) if backend == "stored" else None
+        reg = FreshSoftLabels(cfg, 3, teacher, labels)
         out = train(model, reg, data, cfg, p, 3, {"test": test}, Checkpointer(None))
         results[backend] = (before, out["history"][-1], reg.soft_label_bytes)
     (b_on, h_on, bytes_on), (b_st, h_st, bytes_st) = results["online"], results["stored"]
