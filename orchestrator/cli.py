@@ -14,6 +14,7 @@ from orchestrator.report import accuracy_table, current_rows, format_table, writ
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
 from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
+from workers.graph import bytes_written, kd_epoch_keys, shard_keys
 from workers.naming import trial_name
 
 EXIT_SPEC = 2  # bad input
@@ -55,6 +56,7 @@ def cmd_plan(args) -> int:
     missing = Counter(k.kind for k in p.stages_missing)
     for kind, n in kinds.items():
         print(f"  stage {kind}: {n} needed by pending trials, {missing.get(kind, 0)} to build")
+    _print_bytes(p)
     info = dataset_facts(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
     n_full, n_cls = info["num_train"], len(info["class_names"])
     batches = {r: spec.recipes[r].batch_size for r in spec.regimes}
@@ -74,6 +76,37 @@ def cmd_plan(args) -> int:
             + (f", T {t.temperature:g}{' x T^2' if t.t2_scale else ''}" if r != "hl" else "")
         )
     return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _print_bytes(p) -> None:
+    """The bytes the data stages will write (dataset caches, stored SL+KD labels), estimated from the facts."""
+    missing = set(p.stages_missing)
+    for ckey in (k for k in p.stages if k.kind == "cache"):
+        shards = shard_keys(ckey)
+        total = sum(bytes_written(k) for k in shards)
+        todo = [k for k in shards if k in missing]
+        rule = ckey.cfg["rule"]
+        print(
+            f"  cache of {rule['root']} (train {rule['train'][0]}/{rule['train'][1]}, val {rule['val'][0]}/"
+            f"{rule['val'][1]}, {rule['interpolation']}): {_human(total)} in {len(shards)} shards; to write "
+            f"{_human(sum(bytes_written(k) for k in todo))} ({len(todo)} shards)"
+        )
+    sets = [k for k in p.stages if k.kind == "kd_labels"]
+    if sets:
+        epochs = {e for k in sets for e in kd_epoch_keys(k)}
+        todo = [e for e in epochs if e in missing]
+        print(
+            f"  stored SL+KD labels: {len(sets)} set(s), {_human(sum(bytes_written(e) for e in epochs))} in "
+            f"{len(epochs)} epoch files; to write {_human(sum(bytes_written(e) for e in todo))} ({len(todo)} files)"
+        )
 
 
 def cmd_run(args) -> int:

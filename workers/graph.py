@@ -34,7 +34,7 @@ def shard_keys(cache: ArtifactKey) -> list[ArtifactKey]:
     rule = cache.cfg["rule"]
     size = rule["shard_size"]
     return [
-        ArtifactKey.make("shard", {"rule": rule, "split": split, "index": i})
+        ArtifactKey.make("shard", {"rule": rule, "split": split, "index": i, "rows": min(size, n - i * size)})
         for split, n in cache.cfg["splits"].items()
         for i in range(math.ceil(n / size))
     ]
@@ -182,6 +182,26 @@ def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
         subset, teacher = ArtifactKey.make("subset", labels["subset"]), ArtifactKey.make("teacher", labels["teacher"])
         return _with_cache(labels["subset"]["dataset"], [subset, teacher])
     return []
+
+
+def bytes_written(key: ArtifactKey) -> int | None:
+    """What a data stage writes, estimated without torch from its key and the data set's facts: a shard's images
+    (uint8, 3 x side^2 each), a kd_epoch's labels (n x 2C bytes of fp16 logits, or n x 4k with top-k). None for
+    the kinds whose size is not estimated here (a cache or a kd_labels set is the sum of its dependencies)."""
+    cfg = key.cfg
+    if key.kind == "shard":
+        side = cfg["rule"]["train" if cfg["split"] == "train" else "val"][1]
+        return cfg["rows"] * 3 * side * side
+    if key.kind == "kd_epoch":
+        labels = cfg["labels"]
+        subset = labels["subset"]
+        d = DatasetConfig.from_json(subset["dataset"])
+        facts = dataset_facts(d.name, d.root, d.opts)
+        classes = len(facts["class_names"])
+        n = subset["ipc"] * classes if SELECTORS[subset["selector"]["name"]].balanced else facts["num_train"]
+        k = labels["topk"]
+        return n * (4 * k if 0 < k < classes else 2 * classes)
+    return None
 
 
 def stage_uses_accelerator(key: ArtifactKey) -> bool:

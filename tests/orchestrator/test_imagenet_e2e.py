@@ -37,12 +37,15 @@ grid:
   regime: [hl, sl, sl_kd]
   ipc: [1]
   seed: [0]
-train: {{batch_size: 100, eval_points: 1}}
+train: {{batch_size: 100, eval_points: 1, sl_kd: {{kd_backend: stored, kd_topk: 10}}}}
 resources: {{cpus_per_trial: 1}}
 """)
     plan = run_cli(["plan", str(sweep)], cli_env)
     assert plan.returncode == 0, plan.stderr
     assert "stage shard: 9 needed by pending trials, 9 to build" in plan.stdout  # 3 splits x 3 shards of <= 400
+    assert "(train 8/8, val 8/8, bilinear): 576.0 kB in 9 shards; to write 576.0 kB (9 shards)" in plan.stdout
+    # two subsets (herding, el2n) x 1 epoch x 1000 views x top-10 (fp16 + int16)
+    assert "stored SL+KD labels: 2 set(s), 80.0 kB in 2 epoch files; to write 80.0 kB (2 files)" in plan.stdout
     out = run_cli(["run", str(sweep)], cli_env, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     df = results.load(tmp_path / "runs", "imagenet1k")
@@ -60,6 +63,10 @@ resources: {{cpus_per_trial: 1}}
         8,
     )
     assert opts["interpolation"] == "bilinear" and cfg.trial_id == df["trial_id"].iloc[0]
+    kd = df[df["regime"] == "sl_kd"]
+    assert (kd["soft_label_bytes"] == 1000 * 10 * 4).all()  # stored top-10 labels replayed from disk
+    again = run_cli(["plan", str(sweep)], cli_env)
+    assert "done 6, pending 0" in again.stdout
     sl = df[df["regime"] == "sl"]
     assert (sl["soft_label_bytes"] == 1000 * 1000 * 4).all()  # one label per image: n = 1000, C = 1000
     arts = ArtifactStore(tmp_path / "runs" / "artifacts")

@@ -286,7 +286,9 @@ def decode(path: Path, resize: int, crop: int, interpolation: str = "bilinear") 
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")  # reads the whole file: a truncated one fails here
+            im.load()  # reads the whole file: a truncated one fails here
+            if im.mode != "RGB":
+                im = im.convert("RGB")
             w, h = im.size
             short, long = (w, h) if w <= h else (h, w)
             if short != resize:
@@ -324,9 +326,11 @@ def build_shard(key: ArtifactKey, store, out: Path) -> dict[str, Any]:
     size = rule["shard_size"]
     files = lst.files[split][index * size : (index + 1) * size]
     labels = lst.labels[split][index * size : (index + 1) * size]
+    if len(files) != cfg["rows"]:
+        raise DataError(f"shard {key} should hold {cfg['rows']} images of {split}; the listing gives {len(files)}")
     resize, crop = rule["train"] if split == "train" else rule["val"]
     n = len(files)
-    digests = np.zeros(n, np.uint64)
+    digests = np.zeros(n, np.uint32)
     sums = np.zeros((n, 2, 3), np.int64)
     ok = np.ones(n, bool)
     bad: list[str] = []
@@ -379,7 +383,7 @@ def build_cache(key: ArtifactKey, store, out: Path) -> dict[str, Any]:
             raise DataError(f"dataset.root: no readable image left in the {split} split of {cfg['rule']['root']}")
         np.save(out / f"{split}_labels.npy", arrays["labels"].astype(np.int64)[rows])
         np.save(out / f"{split}_rows.npy", rows.astype(np.int64))
-        np.save(out / f"{split}_digests.npy", arrays["digests"].astype(np.uint64))
+        np.save(out / f"{split}_digests.npy", arrays["digests"].astype(np.uint32))
         np.save(out / f"{split}_sums.npy", arrays["sums"].astype(np.int64))
         crop = cfg["rule"]["train" if split == "train" else "val"][1]
         splits[split] = {"rows": int(len(rows)), "files": int(len(arrays["valid"])), "shape": [3, crop, crop]}
@@ -424,7 +428,7 @@ def ensure_cache(key: ArtifactKey, store) -> None:
     store.build(key, lambda tmp: build_cache(key, store, tmp))
 
 
-_OPEN: dict[tuple[str, str], Splits] = {}
+_OPEN: dict[tuple[str, str, int], Splits] = {}
 
 
 def load(root: str | None = None, store=None, **options) -> Splits:
@@ -436,7 +440,7 @@ def load(root: str | None = None, store=None, **options) -> Splits:
         raise DataError("imagefolder reads its cache from the artifact store: load_splits(dataset, store)")
     key = cache_key(root, **options)
     ensure_cache(key, store)
-    memo = (store.st.uri, key.digest)
+    memo = (store.st.uri, key.digest, int(options.get("image_size", 32)))  # one cache, several input sides
     if memo in _OPEN and store.ready(key):
         return _OPEN[memo]
     folder = store.path(key)
