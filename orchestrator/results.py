@@ -55,6 +55,7 @@ SCHEMA = pa.schema(
         ("gpu_name", pa.string()),
         ("peak_gpu_mem_bytes", pa.int64()),
         ("soft_label_bytes", pa.int64()),
+        ("data_placement", pa.string()),  # where the training images lived: device, host or stream
         # provenance
         ("attempt", pa.int64()),
         ("resumed_from_epoch", pa.int64()),
