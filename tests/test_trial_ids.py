@@ -35,12 +35,16 @@ def test_a_setting_added_at_its_neutral_value_leaves_ids_unchanged():
     t = expand(load_spec(REPO / "sweeps" / "smoke.yaml"))[0]
     d = t.to_json()
     later = copy.deepcopy(d)
-    later["train"]["precision"] = "fp32"  # a hypothetical setting added later; fp32 = the old behaviour
+    later["train"]["future_setting"] = "off"  # a hypothetical setting added later; "off" = the old behaviour
     later["selector"]["options"]["new_option"] = 7
-    neutral = {("train", "precision"): "fp32", ("selector", t.selector.name, "new_option"): 7}
+    neutral = {
+        **config.NEUTRAL_SINCE_SCHEMA_1,
+        ("train", "future_setting"): "off",
+        ("selector", t.selector.name, "new_option"): 7,
+    }
     assert short_hash(trial_identity(later, neutral)) == t.trial_id
     changed = copy.deepcopy(later)
-    changed["train"]["precision"] = "bf16"  # a non-neutral value is a different trial
+    changed["train"]["future_setting"] = "on"  # a non-neutral value is a different trial
     assert short_hash(trial_identity(changed, neutral)) != t.trial_id
     other = copy.deepcopy(later)
     other["selector"]["name"] = "not-" + t.selector.name  # the option is neutral for its own method only

@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTATIONS = ("none", "crop", "crop_flip", "rrc_flip")
 TEACHER_NORMALIZATIONS = ("auto", "dataset", "imagenet")
 KD_BACKENDS = ("online", "stored")
+PRECISIONS = ("auto", "fp32", "bf16")
 SOFT = ("sl", "sl_kd")  # the regimes that read soft-label settings
 
 
@@ -116,6 +117,12 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "kd_min_scale": Option(
         0.08, float, "sl_kd views: RandomResizedCrop scale lower bound", above=0.0, max=1.0, only_for=("sl_kd",)
     ),
+    # the CUDA fast path (workers/accel.py); on a CPU auto is fp32 and NCHW, so CPU results are unchanged
+    "precision": Option("auto", str, "auto: bf16 autocast on a GPU that has it, else fp32", choices=PRECISIONS),
+    "channels_last": Option(
+        "auto", str, "memory format of conv nets; auto: channels_last on a GPU", choices=("auto", "yes", "no")
+    ),
+    "compile": Option(False, bool, "torch.compile the student (opt-in: compiling takes minutes, pays on long runs)"),
 }
 _T = {k: o.default for k, o in TRAIN_OPTIONS.items()}
 
@@ -137,6 +144,9 @@ class TrainConfig:
     kd_backend: str = _T["kd_backend"]
     kd_topk: int = _T["kd_topk"]
     kd_min_scale: float = _T["kd_min_scale"]
+    precision: str = _T["precision"]
+    channels_last: str = _T["channels_last"]
+    compile: bool = _T["compile"]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -344,6 +354,13 @@ NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
     # issue #11: a teacher's input normalisation; auto is the data set's statistics except for torchvision-style
     # resnet18 weights at ImageNet sizes (docs/methods.md §3)
     ("teacher", "normalize"): "auto",
+    # issue #12: the CUDA fast path; auto is fp32 and NCHW on a CPU, where every earlier row ran
+    ("train", "precision"): "auto",
+    ("train", "channels_last"): "auto",
+    ("train", "compile"): False,
+    ("scoring", "precision"): "auto",
+    ("scoring", "channels_last"): "auto",
+    ("scoring", "compile"): False,
 }
 
 

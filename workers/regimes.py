@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.accel import autocast, channels_last, resolve_precision, use_channels_last
 from workers.config import AUGMENTATIONS, TrainConfig
 from workers.seeding import counter_uniform
 
@@ -156,10 +157,17 @@ class TeacherRegime(Regime):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        device = next(self.teacher.parameters()).device
+        if use_channels_last(cfg.channels_last, device):
+            channels_last(self.teacher)
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        return torch.cat([self.teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        """The frozen teacher's logits under torch.inference_mode (and bf16 autocast when the trial trains in
+        bf16), returned as a float32 tensor autograd may use as a target."""
+        with torch.inference_mode(), autocast(resolve_precision(self.cfg.precision, x.device), x.device):
+            out = torch.cat([self.teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        return out.float().clone()  # outside inference mode: a normal tensor
 
 
 class FixedSoftLabels(TeacherRegime):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.accel import autocast, prepare, resolve_precision
 from workers.budget import BudgetPlan, epoch_batches
 from workers.config import OPTIMIZERS, TrainConfig
 from workers.data.shards import ShardedImages
@@ -196,8 +197,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 # ------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Tensors, batch: int | None = None) -> dict[str, float]:
-    """top-1, top-5 and mean cross-entropy on the centre-cropped images, streamed in batches."""
+def evaluate(model: nn.Module, data: Tensors, batch: int | None = None, precision: str = "fp32") -> dict[str, float]:
+    """top-1, top-5 and mean cross-entropy on the centre-cropped images, streamed in batches (under bf16
+    autocast when the trial trains in bf16; the loss is summed in float32)."""
     was_training = model.training
     model.eval()
     n = len(data.y)
@@ -207,7 +209,9 @@ def evaluate(model: nn.Module, data: Tensors, batch: int | None = None) -> dict[
     loss = 0.0
     for s in range(0, n, batch):
         idx = data.positions(s, min(n, s + batch))
-        logits = model(data.clean_batch(idx))
+        with autocast(precision, data.device):
+            logits = model(data.clean_batch(idx))
+        logits = logits.float()
         y = data.labels(idx)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
@@ -277,6 +281,8 @@ def train(
     """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations."""
     hooks = hooks or TrainHooks()
     device = train_data.device
+    precision = resolve_precision(cfg.precision, device)
+    forward = prepare(model, device, cfg.channels_last, cfg.compile)  # the module to call; `model` owns the state
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, plan.steps))
     n = len(train_data.y)
@@ -307,7 +313,8 @@ def train(
         for size in sizes:
             idx = order[pos : pos + size]
             pos += size
-            loss, logits = regime.loss(model, train_data, idx, epoch, aug_gen)
+            with autocast(precision, device):
+                loss, logits = regime.loss(forward, train_data, idx, epoch, aug_gen)
             if hooks.on_batch is not None:
                 hooks.on_batch(idx, logits.detach(), epoch)
             opt.zero_grad(set_to_none=True)
@@ -322,7 +329,7 @@ def train(
         if epoch in eval_epochs:
             row = {"epoch": epoch + 1, "images_seen": images_seen, "train_loss": float(loss.item())}
             for split, data in evals.items():
-                row.update({f"{split}_{k}": v for k, v in evaluate(model, data).items()})
+                row.update({f"{split}_{k}": v for k, v in evaluate(model, data, precision=precision).items()})
             history.append(row)
             if hooks.progress is not None:
                 hooks.progress(row)
@@ -349,4 +356,5 @@ def train(
         "steps": steps,
         "train_seconds": train_seconds,
         "resumed_from_epoch": resumed["epoch"] if resumed is not None else 0,
+        "precision": precision,
     }

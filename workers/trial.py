@@ -139,6 +139,8 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         "train_seconds": result["train_seconds"],
         "total_seconds": time.time() - t_start,
         "gpu_name": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "device": device,
+        "precision": result["precision"],
         "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated()) if device.startswith("cuda") else None,
         "soft_label_bytes": int(regime.soft_label_bytes),
         "resumed_from_epoch": int(result["resumed_from_epoch"]),
