@@ -482,9 +482,16 @@ STAGES.declare(
     "workers.teacher:build_teacher",
 )
 STAGES.declare(
+    "features_part",
+    "teacher penultimate features of one part of the train split, rows [start, stop) (float16)",
+    "workers.teacher:build_features_part",
+)
+STAGES.declare(
     "features",
-    "teacher penultimate features of every train image (float16)",
+    "teacher penultimate features of every train image (float16): its features_part stages concatenated",
     "workers.teacher:build_features",
+    uses_accelerator=False,
+    cpus=1,
 )
 STAGES.declare(
     "kd_epoch",

@@ -61,9 +61,9 @@ def stage_cost(key: ArtifactKey) -> Cost:
         minival = cfg["dataset"].get("options", {}).get("minival_per_class", 0) * len(facts["class_names"])
         trained = 0 if t.weights else plan_images("epochs", t.epochs, n, n, t.batch_size)
         return Cost(train=trained, infer=minival, disk=0)
-    if key.kind == "features":
-        facts = _facts(cfg["teacher"]["dataset"])
-        return Cost(infer=facts["num_train"], disk=facts["num_train"] * 512 * FP16)  # D <= 512 for our archs
+    if key.kind in ("features", "features_part"):  # parts run the teacher; the merge writes a copy
+        rows = _facts(cfg["teacher"]["dataset"])["num_train"] if key.kind == "features" else cfg["stop"] - cfg["start"]
+        return Cost(infer=rows if key.kind == "features_part" else 0, disk=rows * 512 * FP16)  # D <= 512 here
     if key.kind == "dynamics":
         facts = _facts(cfg["dataset"])
         n, epochs = facts["num_train"], cfg["epochs"]

@@ -75,6 +75,22 @@ def features_key(tkey: ArtifactKey) -> ArtifactKey:
     return ArtifactKey.from_parts("features", {"teacher": tkey.config_json})
 
 
+# Rows per `features_part` stage: the teacher's features of a large train split are computed by parallel tasks of
+# this many rows each (ImageNet-1K: 20 parts); a split this size or smaller is one part.
+INFERENCE_PART_ROWS = 65_536
+
+
+def features_part_keys(fkey: ArtifactKey) -> list[ArtifactKey]:
+    """The parts of a `features` artifact: train rows [start, stop), in order, each its own stage. The features
+    key itself does not hold the part size, so the merged artifact is the same however it was cut."""
+    dataset = fkey.cfg["teacher"]["dataset"]
+    n = dataset_facts(dataset["name"], dataset.get("root"), dataset.get("options", {}))["num_train"]
+    return [
+        ArtifactKey.make("features_part", {"features": fkey.cfg, "start": s, "stop": min(n, s + INFERENCE_PART_ROWS)})
+        for s in range(0, n, INFERENCE_PART_ROWS)
+    ]
+
+
 def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int) -> ArtifactKey:
     return ArtifactKey.from_parts(
         "dynamics",
@@ -227,7 +243,10 @@ def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
     if key.kind == "subset":
         return _with_cache(cfg["dataset"], [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])])
     if key.kind == "features":
-        return _with_cache(cfg["teacher"]["dataset"], [ArtifactKey.make("teacher", cfg["teacher"])])
+        return features_part_keys(key)
+    if key.kind == "features_part":
+        teacher = cfg["features"]["teacher"]
+        return _with_cache(teacher["dataset"], [ArtifactKey.make("teacher", teacher)])
     if key.kind in ("teacher", "dynamics"):
         return _with_cache(cfg["dataset"], [])
     if key.kind == "cache":

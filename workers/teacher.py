@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers import models
+from workers import graph, models
 from workers.artifacts import ArtifactStore
 from workers.budget import plan
 from workers.catalogue import dataset_facts
@@ -188,17 +188,18 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def iter_logits_and_features(model: nn.Module, data, chunk: int | None = None):
+def iter_logits_and_features(model: nn.Module, data, chunk: int | None = None, start: int = 0, stop: int | None = None):
     """(start, logits, features) per chunk of a clean (un-augmented, centre-cropped) eval-mode forward: the
-    logits and the input of the last linear layer, `chunk` images at a time (default: a streamed batch)."""
+    logits and the input of the last linear layer of rows [start, stop), `chunk` images at a time (default: a
+    streamed batch)."""
     feats: list[torch.Tensor] = []
     handle = last_linear(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1)))
     was = model.training
     model.eval()
-    n = len(data.y)
+    n = len(data.y) if stop is None else min(stop, len(data.y))
     chunk = chunk or stream_batch(data.x.shape[1:])
     try:
-        for s in range(0, n, chunk):
+        for s in range(start, n, chunk):
             logits = model(data.clean_batch(data.positions(s, min(n, s + chunk))))
             yield s, logits, feats.pop()
     finally:
@@ -212,22 +213,41 @@ def logits_and_features(model: nn.Module, data, chunk: int | None = None) -> tup
     return torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
 
 
-def build_features(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
-    """Penultimate teacher features of every train image (float16, N x D): herding, k-center, D2. Streamed: the
-    train split is read and written a batch at a time."""
-    tkey = ArtifactKey.make("teacher", key.cfg["teacher"])
+def build_features_part(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
+    """Penultimate teacher features of train rows [start, stop) (float16): one of the parts the `features`
+    stage merges, each its own task, so a large train split is read by as many devices as the cluster has and
+    a lost node costs only its parts. Streamed a batch at a time."""
+    fcfg = key.cfg["features"]
+    start, stop = key.cfg["start"], key.cfg["stop"]
+    tkey = ArtifactKey.make("teacher", fcfg["teacher"])
     device = models.pick_device()
     tcfg = TeacherConfig.from_json(tkey.cfg["teacher"])
     teacher = load_teacher(tkey, store, device, raw=True)
     splits = load_splits(tkey.cfg["dataset"], store)
     data, _ = full_train_tensors(splits, device, teacher_stats(tcfg, splits, device), placement="stream")
+    if stop > len(data.y):
+        raise ValueError(f"features part [{start}, {stop}) exceeds the {len(data.y)} train images")
     writer = None
-    for _, _, feats in iter_logits_and_features(teacher, data):
+    for _, _, feats in iter_logits_and_features(teacher, data, start=start, stop=stop):
         if writer is None:
-            writer = NpyWriter(out / "features.npy", (len(data.y), feats.shape[1]), np.float16)
+            writer = NpyWriter(out / "features.npy", (stop - start, feats.shape[1]), np.float16)
         writer.write(feats.cpu().numpy().astype(np.float16))
     writer.close()
-    return {"class_names": list(splits.class_names), "shape": list(writer.shape)}
+    return {"class_names": list(splits.class_names), "shape": list(writer.shape), "start": start, "stop": stop}
+
+
+def build_features(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
+    """Penultimate teacher features of every train image (float16, N x D): herding, k-center, D2. The parts
+    (graph.features_part_keys) concatenated in row order, one part in memory at a time."""
+    parts = [k for k in graph.stage_deps(key) if k.kind == "features_part"]
+    shapes = [np.load(store.path(k) / "features.npy", mmap_mode="r").shape for k in parts]
+    class_names = store.manifest(parts[0])["class_names"]
+    with NpyWriter(out / "features.npy", (sum(s[0] for s in shapes), shapes[0][1]), np.float16) as writer:
+        for k in parts:
+            if store.manifest(k)["class_names"] != class_names:
+                raise ValueError(f"features part {k} was built on other classes than {parts[0]}")
+            writer.write(np.load(store.path(k) / "features.npy"))
+    return {"class_names": class_names, "shape": list(writer.shape), "parts": len(parts)}
 
 
 def check_teacher(dataset: dict, teacher: dict, store: ArtifactStore, device: str | None = None) -> dict[str, Any]:
