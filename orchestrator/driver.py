@@ -180,7 +180,9 @@ def _launch(
     from orchestrator.trainable import trainable
 
     res = spec.resources
-    stages = StageBuilds(plan.stages_missing, store.artifacts_uri, cpus=res.cpus_per_trial, gpus=res.gpus_per_trial)
+    stages = StageBuilds(
+        plan.stages_missing, store.artifacts_uri, res.cpus_per_trial, res.gpus_per_trial, res.stage_workers
+    )
 
     st = store.st
     names = {t.trial_id: trial_name(t) for t in plan.pending}

@@ -27,7 +27,9 @@ from workers.naming import trial_name
 class StageBuilds:
     """The missing stages of a sweep, building as Ray tasks; readiness and failures polled without blocking."""
 
-    def __init__(self, keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float) -> None:
+    def __init__(
+        self, keys: list[ArtifactKey], artifacts_root: str, cpus: float, gpus: float, workers: int = 1
+    ) -> None:
         import ray
 
         @ray.remote(num_cpus=cpus, num_gpus=0, max_retries=2)
@@ -38,12 +40,24 @@ class StageBuilds:
             stages.build(ArtifactKey(kind, config_json), ArtifactStore(root))
             return time.time()
 
+        # A long run with stage_workers > 1: a task holding nothing launches its Ray Train group, whose workers
+        # hold the CPUs and GPUs (orchestrator/distributed.py); retried, it resumes from the stage's checkpoint.
+        @ray.remote(num_cpus=0, num_gpus=0, max_retries=2)
+        def build_data_parallel(kind: str, config_json: str, root: str, *deps: Any) -> float:
+            from orchestrator.distributed import build_data_parallel
+
+            build_data_parallel(ArtifactKey(kind, config_json), root, workers, cpus, gpus)
+            return time.time()
+
         self.t0 = time.time()
         self.refs: dict[ArtifactKey, Any] = {}
         for k in keys:  # grid.stages_for lists dependencies before dependants
             deps = [self.refs[d] for d in stage_deps(k) if d in self.refs]
             # a stage kind may declare its own CPUs (a cache shard decodes on one core); the others get the trial's
             own = STAGES[k.kind].cpus
+            if workers > 1 and STAGES[k.kind].data_parallel:
+                self.refs[k] = build_data_parallel.remote(k.kind, k.config_json, artifacts_root, *deps)
+                continue
             opts = {"num_cpus": cpus if own is None else own, "num_gpus": gpus if stage_uses_accelerator(k) else 0}
             self.refs[k] = build_one.options(**opts).remote(k.kind, k.config_json, artifacts_root, *deps)
         self.built: set[ArtifactKey] = set()

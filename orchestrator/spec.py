@@ -75,6 +75,9 @@ RESOURCE_OPTIONS: dict[str, Option] = {
     "cpus_per_trial": Option(1.0, float, "CPUs per trial and per stage", min=0.0),
     "max_concurrent": Option(None, int, "trials running at once at most (null: as many as fit)", min=1, nullable=True),
     "max_failures": Option(2, int, "retries of a failed trial before it is recorded as failed", min=0),
+    "stage_workers": Option(
+        1, int, "data-parallel workers (each with the trial's CPUs and GPUs) per score run and teacher training", min=1
+    ),
     "device_fraction": Option(
         0.5,
         float,
@@ -93,6 +96,7 @@ class Resources:
     max_concurrent: int | None = _R["max_concurrent"]
     max_failures: int = _R["max_failures"]
     device_fraction: float = _R["device_fraction"]
+    stage_workers: int = _R["stage_workers"]
 
 
 @dataclass(frozen=True)
@@ -563,6 +567,13 @@ def _resources(c: _Checker, value: Any) -> Resources:
     good = c.settings(RESOURCE_OPTIONS, {k: v for k, v in d.items() if k in RESOURCE_OPTIONS}, "resources", "resources")
     if good.get("gpus_per_trial", 0) == 0 and good.get("cpus_per_trial", 1) == 0:
         c.err("resources.cpus_per_trial", "0 with gpus_per_trial 0 would schedule unlimited trials; give >= 0.1")
+    gpus, workers = good.get("gpus_per_trial", 0), good.get("stage_workers", 1)
+    if workers > 1 and 0 < gpus < 1:
+        c.err(
+            "resources.stage_workers",
+            f"{workers} data-parallel workers need whole GPUs, but gpus_per_trial is {gpus} (NCCL cannot put two "
+            "ranks on one GPU); set gpus_per_trial: 1 or stage_workers: 1",
+        )
     return Resources(**good)
 
 

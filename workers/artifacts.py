@@ -22,7 +22,7 @@ from typing import Any
 
 from workers.config import ArtifactKey
 from workers.data import DataError
-from workers.storage import Storage
+from workers.storage import Storage, child_uri
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -110,6 +110,14 @@ class ArtifactStore:
             return json.loads(self.st.read_bytes(self.st.path(key.kind, key.digest, MANIFEST)))
         except (FileNotFoundError, OSError, json.JSONDecodeError):
             return None
+
+    def checkpoint_uri(self, key: ArtifactKey) -> str:
+        """Where a long stage keeps its epoch checkpoints while it builds: beside the artifacts, on the shared
+        storage, so a build restarted on another node resumes; removed once the artifact is published."""
+        return child_uri(self.st.uri, ".checkpoints", key.kind, key.digest)
+
+    def drop_checkpoint(self, key: ArtifactKey) -> None:
+        self.st.delete_dir(self.st.path(".checkpoints", key.kind, key.digest))
 
     def exists(self, key: ArtifactKey) -> bool:
         return self.manifest(key) is not None

@@ -480,6 +480,7 @@ STAGES.declare(
     "teacher",
     "a teacher network trained on the full train split or loaded from a weights file",
     "workers.teacher:build_teacher",
+    data_parallel=True,
 )
 STAGES.declare(
     "features_part",
@@ -509,4 +510,5 @@ STAGES.declare(
     "dynamics",
     "one full-data HL run recording per-sample training dynamics (K x N float16)",
     "workers.scores.recording:build_dynamics",
+    data_parallel=True,
 )

@@ -89,6 +89,9 @@ class SelectorEntry(Entry):
 class StageEntry(Entry):
     uses_accelerator: bool = True  # trains or runs a network: gets the trial's GPU
     cpus: float | None = None  # CPUs of its task; None: the trial's cpus_per_trial
+    # a long training run: epoch checkpoints it resumes from, and data-parallel on Ray Train with
+    # resources.stage_workers > 1 (its builder takes `dist` and `checkpoint`: workers.distributed)
+    data_parallel: bool = False
 
 
 E = TypeVar("E", bound=Entry)

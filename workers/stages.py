@@ -9,7 +9,7 @@ the distiller path imports the teacher code when it runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from workers.distillers import DistillContext
 from workers.graph import stage_deps
 from workers.selectors import SelectContext
 from workers.selectors.cad import cad_scores
+
+if TYPE_CHECKING:
+    from workers.distributed import Dist
 
 
 def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
@@ -121,7 +124,32 @@ def build(key: ArtifactKey, store: ArtifactStore) -> Path:
         return store.path(key)
     for dep in stage_deps(key):
         build(dep, store)
-    return store.build(key, lambda tmp: STAGES[key.kind].load()(key, store, tmp))
+    entry = STAGES[key.kind]
+    if not entry.data_parallel:
+        return store.build(key, lambda tmp: entry.load()(key, store, tmp))
+    ck = store.checkpoint_uri(key)  # a long run resumes from its last epoch checkpoint
+    path = store.build(key, lambda tmp: entry.load()(key, store, tmp, checkpoint=ck))
+    store.drop_checkpoint(key)
+    return path
+
+
+def build_rank(key: ArtifactKey, store: ArtifactStore, dist: Dist) -> None:
+    """One rank's part of a data-parallel build (its dependencies exist): every rank runs the builder with the
+    same checkpoint folder, rank 0's files are published. The ranks agree first on whether it exists."""
+    import tempfile
+
+    ready = int(dist.sum_(np.array([int(store.ready(key))]))[0]) > 0
+    if ready:
+        return
+    builder, ck = STAGES[key.kind].load(), store.checkpoint_uri(key)
+    if dist.leader:
+        store.build(key, lambda tmp: builder(key, store, tmp, dist=dist, checkpoint=ck))
+    else:
+        with tempfile.TemporaryDirectory(prefix="ddsweep-rank-") as tmp:
+            builder(key, store, Path(tmp), dist=dist, checkpoint=ck)
+    dist.barrier()  # rank 0 has published before any rank leaves
+    if dist.leader:
+        store.drop_checkpoint(key)
 
 
 def load_training_set(key: ArtifactKey, store: ArtifactStore, splits) -> tuple[Any, np.ndarray, np.ndarray | None]:

@@ -24,8 +24,9 @@ from workers.catalogue import dataset_facts
 from workers.config import ArtifactKey, BudgetConfig, DatasetConfig, TeacherConfig, TrainConfig
 from workers.data import DataError, Splits, load_splits
 from workers.data.shards import NpyWriter, ShardedImages
+from workers.distributed import Dist
 from workers.regimes import HardLabels
-from workers.train import Checkpointer, Tensors, channel_stats, evaluate, stream_batch, train
+from workers.train import STAGE_CHECKPOINT_S, Checkpointer, Tensors, channel_stats, evaluate, stream_batch, train
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's weights (transforms.Normalize of their eval transform)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,7 +81,12 @@ def full_train_tensors(splits, device, stats=None, placement: str = "auto"):
     )
 
 
-def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
+def build_teacher(
+    key: ArtifactKey, store: ArtifactStore, out: Path, *, dist: Dist | None = None, checkpoint: str | None = None
+) -> dict[str, Any]:
+    """A teacher trained here (data-parallel with `dist`: every rank runs this, rank 0's files are published) or
+    loaded from its weights file; measured on minival against the floor. `checkpoint`: a folder for epoch
+    checkpoints that a restarted training resumes from."""
     cfg = key.cfg
     tcfg = TeacherConfig.from_json(cfg["teacher"])
     splits = load_splits(cfg["dataset"], store)
@@ -102,7 +108,10 @@ def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str
             eval_points=1,
         )
         p = plan(BudgetConfig("epochs", tcfg.epochs), len(splits.train_y), len(splits.train_y), tcfg.batch_size)
-        train(model, HardLabels(recipe, tcfg.seed), train_data, recipe, p, tcfg.seed, {}, Checkpointer(None))
+        ck = Checkpointer(checkpoint, interval_s=STAGE_CHECKPOINT_S)
+        train(model, HardLabels(recipe, tcfg.seed), train_data, recipe, p, tcfg.seed, {}, ck, dist=dist)
+        if dist is not None:
+            dist.broadcast_state(model)  # one model on every rank: rank 0's BatchNorm statistics
     acc = evaluate(model, minival)["top1"]
     floor = tcfg.min_top1_factor / splits.num_classes
     if acc < floor:
@@ -116,6 +125,7 @@ def build_teacher(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str
         "minival_top1": acc,
         "normalize": normalization(tcfg, shape),
         "input_shape": list(shape),
+        "workers": 1 if dist is None else dist.world,
     }
 
 

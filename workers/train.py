@@ -22,6 +22,7 @@ from workers.accel import autocast, prepare, resolve_precision
 from workers.budget import BudgetPlan, epoch_batches
 from workers.config import OPTIMIZERS, TrainConfig
 from workers.data.shards import ShardedImages
+from workers.distributed import Dist
 from workers.regimes import Regime, center_crop
 from workers.schedules import lr_factor
 from workers.seeding import torch_generator
@@ -223,6 +224,11 @@ def evaluate(model: nn.Module, data: Tensors, batch: int | None = None, precisio
 
 
 # ------------------------------------------------------------------ checkpoints
+# Seconds between the epoch checkpoints of a long shared stage (score runs, teacher training; a score run's rows
+# so far are in them); 0 = after every epoch.
+STAGE_CHECKPOINT_S = float(os.environ.get("DDSWEEP_STAGE_CHECKPOINT_S", "300"))
+
+
 @dataclass
 class Checkpointer:
     """Atomic epoch checkpoints in `folder` (a path or an object-store URI), at most every `interval_s` s."""
@@ -261,11 +267,14 @@ class TrainHooks:
 
     `on_batch(positions, logits, epoch)`: after each step's forward, the mini-batch predictions (the
     score runs read them for forgetting). `on_epoch_end(epoch, model)`: after each epoch's last step.
-    `progress(row)`: each evaluation row as it is made."""
+    `progress(row)`: each evaluation row as it is made. `state()` / `restore(d)`: what the caller records,
+    saved in the loop's checkpoints and given back on resume (a score run's rows so far)."""
 
     on_batch: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None
     on_epoch_end: Callable[[int, nn.Module], None] | None = None
     progress: Callable[[dict], None] | None = None
+    state: Callable[[], dict] | None = None
+    restore: Callable[[dict], None] | None = None
 
 
 def train(
@@ -278,12 +287,22 @@ def train(
     evals: dict[str, Tensors],
     checkpointer: Checkpointer,
     hooks: TrainHooks | None = None,
+    *,
+    dist: Dist | None = None,
 ) -> dict:
-    """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations."""
+    """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations.
+
+    With `dist` (a process group of world > 1, workers.distributed) every rank runs this with the same
+    arguments and trains its share of each global batch under DDP; hooks see the rank's own samples, rank
+    0 alone writes checkpoints and every rank resumes from them."""
     hooks = hooks or TrainHooks()
     device = train_data.device
     precision = resolve_precision(cfg.precision, device)
-    forward = prepare(model, device, cfg.channels_last, cfg.compile)  # the module to call; `model` owns the state
+    # the module to call; `model` owns the state (DDP wraps before torch.compile, as DDP asks)
+    forward = prepare(model, device, cfg.channels_last, cfg.compile and dist is None)
+    if dist is not None:
+        forward = dist.wrap(forward, device)
+        forward = torch.compile(forward) if cfg.compile else forward
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, plan.steps))
     n = len(train_data.y)
@@ -302,6 +321,8 @@ def train(
         sched.load_state_dict(resumed["scheduler"])
         start_epoch, images_seen, steps = resumed["epoch"], resumed["images_seen"], resumed["steps"]
         history, train_seconds = resumed["history"], resumed["train_seconds"]
+        if hooks.restore is not None:
+            hooks.restore(resumed.get("extra", {}))
         log.info("resumed at epoch %d of %d", start_epoch, len(epochs))
 
     model.train()
@@ -309,17 +330,19 @@ def train(
         t0 = time.perf_counter()
         # Order and augmentation come from (seed, purpose, epoch): a resumed run replays them exactly.
         order = torch.randperm(n, generator=torch_generator(seed, "order", epoch)).to(device)
-        aug_gen = torch_generator(seed, "augment", epoch)
+        aug_gen = torch_generator(seed, "augment", epoch, *([] if dist is None else [dist.rank]))
         pos = 0
         for size in sizes:
-            idx = order[pos : pos + size]
+            idx, weight = order[pos : pos + size], 1.0
             pos += size
+            if dist is not None:
+                idx, weight = dist.share(idx)
             with autocast(precision, device):
                 loss, logits = regime.loss(forward, train_data, idx, epoch, aug_gen)
-            if hooks.on_batch is not None:
+            if hooks.on_batch is not None and weight > 0:
                 hooks.on_batch(idx, logits.detach(), epoch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if dist is None else loss * weight).backward()
             opt.step()
             sched.step()
             steps += 1
@@ -341,15 +364,17 @@ def train(
             "history": history,
             "train_seconds": train_seconds,
         }
-        checkpointer.maybe_save(
-            lambda state=state: {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                **state,
-            },
-            force=False,
-        )
+        if dist is None or dist.leader:
+            checkpointer.maybe_save(
+                lambda state=state: {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    **state,
+                    **({"extra": hooks.state()} if hooks.state is not None else {}),
+                },
+                force=False,
+            )
     assert images_seen == plan.images_seen and steps == plan.steps, (images_seen, steps, plan)
     return {
         "history": history,

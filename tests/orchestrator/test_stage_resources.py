@@ -27,7 +27,7 @@ grid: {{selector: [random, herding], regime: [sl], ipc: [1], seed: [0]}}
 resources: {{cpus_per_trial: 1, gpus_per_trial: 1}}
 """)
     plan = make_plan(spec)
-    assert sorted(k.kind for k in plan.stages_missing) == ["features", "subset", "subset", "teacher"]
+    assert sorted(k.kind for k in plan.stages_missing) == ["features", "features_part", "subset", "subset", "teacher"]
     # Ray only counts GPUs; one declared on this CPU machine is enough to see who gets it.
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
@@ -48,7 +48,8 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 1}}
     for k in plan.stages_missing:
         m = json.loads((tmp_path / "artifacts" / k.kind / k.digest / "manifest.json").read_text())
         seen[(k.kind, k.cfg.get("selector", {}).get("name"))] = m["cuda_visible_devices"]
-    assert seen[("teacher", None)] == "0" and seen[("features", None)] == "0"
+    assert seen[("teacher", None)] == "0" and seen[("features_part", None)] == "0"
+    assert seen[("features", None)] != "0"  # the merge of the parts is file copying
     assert seen[("subset", "random")] != "0" and seen[("subset", "herding")] != "0"
 
 

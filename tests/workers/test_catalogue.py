@@ -102,7 +102,12 @@ def test_every_selector_declares_what_it_reads_and_plans(name):
 
 @pytest.mark.parametrize("name", STAGES.names())
 def test_every_stage_kind_builds_from_key_store_and_folder(name):
-    assert list(inspect.signature(STAGES[name].load()).parameters) == ["key", "store", "out"]
+    params = inspect.signature(STAGES[name].load()).parameters
+    positional = [p for p, v in params.items() if v.kind is not inspect.Parameter.KEYWORD_ONLY]
+    assert positional == ["key", "store", "out"]
+    keyword = {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    # a data-parallel kind is built by every rank of a worker group and resumes from a checkpoint
+    assert keyword == ({"dist", "checkpoint"} if STAGES[name].data_parallel else set())
 
 
 @pytest.mark.parametrize("name", DATASETS.names())

@@ -21,10 +21,11 @@ from workers.artifacts import ArtifactStore
 from workers.budget import plan
 from workers.config import ArtifactKey, BudgetConfig, Named, TrainConfig
 from workers.data import load_splits
+from workers.distributed import Dist
 from workers.regimes import HardLabels
 from workers.seeding import derive_seed
 from workers.teacher import full_train_tensors, iter_logits_and_features
-from workers.train import Checkpointer, TrainHooks, train
+from workers.train import STAGE_CHECKPOINT_S, Checkpointer, TrainHooks, train
 
 STATS = ("prob_true", "margin", "el2n", "grand")
 
@@ -48,7 +49,13 @@ def sample_stats(logits: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor
     return {"prob_true": p_true, "margin": p_true - other, "el2n": el2n, "grand": grand}
 
 
-def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
+def build_dynamics(
+    key: ArtifactKey, store: ArtifactStore, out: Path, *, dist: Dist | None = None, checkpoint: str | None = None
+) -> dict[str, Any]:
+    """One score run. With `dist` (data-parallel on Ray Train, orchestrator/distributed.py) every rank trains its
+    share of each step and records its own samples; the rows are summed over ranks after each epoch, with a
+    count that checks every sample was seen exactly once per epoch. `checkpoint`: a folder for epoch checkpoints
+    (the model, the optimiser and the rows so far) that a restarted run resumes from."""
     cfg = key.cfg
     splits = load_splits(cfg["dataset"], store)
     device = models.pick_device()
@@ -62,21 +69,57 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
     rows = {k: np.zeros((epochs + 1, n), np.float16) for k in STATS}
     correct = np.zeros((epochs, n), bool)
 
-    def record(row: int, m) -> None:  # a clean pass over the train split, streamed in batches
-        for s, logits, feats in iter_logits_and_features(m, data):
+    seen = np.zeros(n, np.int64)  # this epoch's count per sample (checked when data-parallel)
+
+    def record(row: int, m) -> None:  # a clean pass over the train split (the rank's block), streamed in batches
+        start, stop = (0, n) if dist is None else dist.block(n)
+        if dist is not None:
+            dist.broadcast_state(m)
+        for s, logits, feats in iter_logits_and_features(m, data, start=start, stop=stop):
             labels = data.labels(torch.arange(s, s + len(logits)))
             for name, v in sample_stats(logits, labels, feats).items():
                 rows[name][row, s : s + len(v)] = v.cpu().numpy()
+        if dist is not None:
+            for name in rows:
+                rows[name][row] = dist.sum_(rows[name][row])
 
     def on_batch(pos, logits, epoch):
-        correct[epoch, pos.cpu().numpy()] = (logits.argmax(1) == data.labels(pos)).cpu().numpy()
+        where = pos.cpu().numpy()
+        correct[epoch, where] = (logits.argmax(1) == data.labels(pos)).cpu().numpy()
+        seen[where] += 1
+
+    def on_epoch_end(epoch: int, m) -> None:
+        if dist is not None:
+            correct[epoch] = dist.sum_(correct[epoch].astype(np.int64)) > 0
+            counts = dist.sum_(seen)
+            if np.any(counts != 1):
+                bad = np.flatnonzero(counts != 1)
+                raise AssertionError(f"epoch {epoch}: {len(bad)} samples seen {counts[bad[:3]].tolist()}... times")
+        seen[:] = 0
+        record(epoch + 1, m)
+
+    def state() -> dict:
+        return {"rows": {k: torch.from_numpy(v) for k, v in rows.items()}, "correct": torch.from_numpy(correct)}
+
+    def restore(d: dict) -> None:
+        for k, v in d["rows"].items():
+            rows[k][...] = v.numpy()
+        correct[...] = d["correct"].numpy()
 
     record(0, model)
+    result = {"resumed_from_epoch": 0}
     if epochs > 0:
         p = plan(BudgetConfig("epochs", epochs), n, n, recipe.batch_size)
-        hooks = TrainHooks(on_batch=on_batch, on_epoch_end=lambda e, m: record(e + 1, m))
-        train(model, HardLabels(recipe, seed), data, recipe, p, seed, {}, Checkpointer(None), hooks)
+        hooks = TrainHooks(on_batch=on_batch, on_epoch_end=on_epoch_end, state=state, restore=restore)
+        ck = Checkpointer(checkpoint, interval_s=STAGE_CHECKPOINT_S)
+        result = train(model, HardLabels(recipe, seed), data, recipe, p, seed, {}, ck, hooks, dist=dist)
     for name, arr in rows.items():
         np.save(out / f"{name}.npy", arr)
     np.save(out / "correct.npy", correct)
-    return {"class_names": list(splits.class_names), "epochs": epochs, "n": n}
+    return {
+        "class_names": list(splits.class_names),
+        "epochs": epochs,
+        "n": n,
+        "workers": 1 if dist is None else dist.world,
+        "resumed_from_epoch": result["resumed_from_epoch"],
+    }
