@@ -9,13 +9,14 @@ cluster at --address.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
 from collections import Counter
 
 from orchestrator.driver import ClusterUnreachable, StaleIds, make_plan, run, stale_message
-from orchestrator.grid import expand
+from orchestrator.grid import expand, grid_size
 from orchestrator.lock import DriverLock, SweepLocked
 from orchestrator.report import ReportNotWritten, accuracy_table, current_rows, format_table, write_report
 from orchestrator.results import SweepStore
@@ -76,12 +77,7 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     spec = _load(args)
     p = make_plan(spec)
-    full = len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds)
-    print(
-        f"sweep {spec.name}, storage {spec.storage}: {len(p.trials)} trials = {len(spec.selectors)} selectors x "
-        f"{len(spec.regimes)} regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
-        + (f" minus {full - len(p.trials)} excluded" if spec.exclude else "")
-    )
+    print(f"sweep {spec.name}, storage {spec.storage}: {grid_size(spec, len(p.trials))}")
     _warn_store(spec, p.store, {t.trial_id for t in p.trials}, p.done_all)
     print(f"  done {len(p.done)}, pending {len(p.pending)}")
     kinds = Counter(k.kind for k in p.stages)
@@ -91,11 +87,11 @@ def cmd_plan(args) -> int:
     info = dataset_facts(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
     n_full, n_cls = info["num_train"], len(info["class_names"])
     batches = {r: spec.recipes[r].batch_size for r in spec.regimes}
-    for batch in sorted(set(batches.values())):
+    for budget, batch in itertools.product(spec.budgets or (spec.budget,), sorted(set(batches.values()))):
         who = ", ".join(r for r, b in batches.items() if b == batch)
-        print(f"  budget {spec.budget.unit}={spec.budget.value:g} (train split N={n_full}, batch {batch}: {who}):")
+        print(f"  budget {budget.unit}={budget.value:g} (train split N={n_full}, batch {batch}: {who}):")
         for ipc in spec.ipcs:
-            bp = budget_plan(spec.budget, ipc * n_cls, n_full, batch)
+            bp = budget_plan(budget, ipc * n_cls, n_full, batch)
             print(
                 f"    ipc {ipc:>4}: {bp.images_seen} images, {bp.steps} steps, {bp.subset_epochs:.1f} subset "
                 f"epochs, {bp.full_epochs:.2f} full epochs"

@@ -302,8 +302,10 @@ def test_malformed_sweep_is_reported_with_its_path(text, prefix, needles):
 
 def test_missing_required_keys_each_reported():
     problems = problems_of("name: only-a-name\n")
-    for key in ("dataset", "student", "budget", "grid"):
+    for key in ("dataset", "grid"):
         assert f"{key}: is required" in problems
+    for key in ("student", "budget"):  # at the top or as a grid axis: the message shows both
+        assert any(p.startswith(f"{key}: is required; give {key}: ") and f"grid.{key}" in p for p in problems)
     assert not any(p.startswith("name:") for p in problems)
 
 
