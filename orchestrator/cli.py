@@ -18,7 +18,7 @@ from collections import Counter
 from orchestrator.driver import ClusterUnreachable, StaleIds, make_plan, run, stale_message
 from orchestrator.grid import expand, grid_size
 from orchestrator.lock import DriverLock, SweepLocked
-from orchestrator.report import ReportNotWritten, accuracy_table, current_rows, format_table, write_report
+from orchestrator.report import ReportNotWritten, build, format_table, write_report
 from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
@@ -243,17 +243,16 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     spec = _load(args)
     store = _existing_store(spec)
-    rows = current_rows(spec)
-    print(f"sweep {spec.name}, storage {spec.storage}: {len(rows)} rows")
+    rep = build(spec)
+    print(f"sweep {spec.name}, storage {spec.storage}: {rep.frame['trial_id'].nunique() if len(rep.frame) else 0} rows")
     _warn_store(spec, store, {t.trial_id for t in expand(spec)}, store.done_ids())
-    table = accuracy_table(rows)
-    print(format_table(table))
+    print(format_table(rep.accuracy))
     try:
-        out = write_report(table, args.out or store.uri("report"))
+        out = write_report(rep, args.out or store.uri("report"))
     except ReportNotWritten as err:
         print(f"ddsweep: {err}; the tables are above. Pass --out DIR to write the files elsewhere", file=sys.stderr)
         return EXIT_FAILED
-    print(f"report written to {out}")
+    print(f"report written to {out}: {out.rstrip('/')}/report.md (tables as CSV, figures as PNG beside it)")
     return 0
 
 
