@@ -23,7 +23,6 @@ from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
 from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
-from workers.naming import selector_label, trial_name
 
 EXIT_FAILED = 1  # some trials failed, or the report could not be written
 EXIT_SPEC = 2  # bad input
@@ -193,50 +192,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """Counts per state and axis, running trials, the driver, an ETA, failures by cause (orchestrator.status)."""
+    from orchestrator import status
+
     spec = _load(args)
     store = _existing_store(spec)
-    trials = expand(spec)
-    ids = {t.trial_id for t in trials}
-    done = store.done_ids()
-    fails = store.failures()
-    started = store.checkpointed_ids()
-
-    def state(tid: str) -> str:
-        if tid in done:
-            return "done"
-        if tid in fails and fails[tid].get("final", True):
-            return "failed"
-        if tid in started or tid in fails:
-            return "started"
-        return "pending"
-
-    states = {tid: state(tid) for tid in ids}
-    total = Counter(states.values())
-    order = ("done", "started", "failed", "pending")
-    print(
-        f"sweep {spec.name}, storage {spec.storage}: {len(trials)} trials: "
-        + ", ".join(f"{total.get(s, 0)} {s}" for s in order)
-    )
-    _warn_store(spec, store, ids, done)
-    labels = {s: selector_label(s) for s in spec.selectors}
-    for axis, key in (
-        ("selector", lambda t: labels[t.selector]),
-        ("regime", lambda t: t.regime),
-        ("ipc", lambda t: t.ipc),
-        ("seed", lambda t: t.seed),
-    ):
-        counts: dict[object, Counter] = {}
-        for t in trials:
-            counts.setdefault(key(t), Counter())[states[t.trial_id]] += 1
-        print(f"  by {axis}:")
-        for v, c in counts.items():
-            print(f"    {str(v):<28} " + "  ".join(f"{s} {c.get(s, 0)}" for s in order))
-    for t in trials:
-        f = fails.get(t.trial_id)
-        if states[t.trial_id] == "failed":
-            print(f"  failed {trial_name(t)} (attempt {f['attempt']}): {f['error']}")
-        elif f and states[t.trial_id] != "done":
-            print(f"  retrying {trial_name(t)}: attempt {f['attempt']} failed: {f['error']}")
+    st = status.collect(spec, store)
+    print(status.headline(st))
+    _warn_store(spec, store, st.grid_ids, st.done_all)
+    print(status.details(st))
     return 0
 
 
