@@ -448,7 +448,7 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
         c.err("dataset.root", f"{root!r} is not a path")
         return None, None
     if DATASETS[name].needs_root and not root:
-        c.err("dataset.root", f"is required for {name}: the folder that holds train/ and val/")
+        c.err("dataset.root", f"is required for {name}: {DATASETS[name].root_doc}")
         return None, None
     if root is not None and not Path(root).is_dir():
         c.err("dataset.root", f"{root!r} is not an existing folder")

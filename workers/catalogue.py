@@ -56,6 +56,26 @@ DATASETS.declare(
     needs_root=True,
 )
 
+_MINIVAL = Option(10, int, "train images per class held out for model choices", min=1)
+DATASETS.declare(
+    "cifar10",
+    "CIFAR-10 (50,000 train / 10,000 test 32x32 colour images, 10 classes) from torchvision's folder; in memory",
+    "workers.data.cifar:load_cifar10",
+    {"minival_per_class": _MINIVAL},
+    describe="workers.data.cifar:describe_cifar10",
+    needs_root=True,
+    root_doc="the folder that holds torchvision's cifar-10-batches-py/ (never downloaded)",
+)
+DATASETS.declare(
+    "cifar100",
+    "CIFAR-100 (50,000 train / 10,000 test 32x32 colour images, 100 fine classes) from torchvision's folder",
+    "workers.data.cifar:load_cifar100",
+    {"minival_per_class": _MINIVAL},
+    describe="workers.data.cifar:describe_cifar100",
+    needs_root=True,
+    root_doc="the folder that holds torchvision's cifar-100-python/ (never downloaded)",
+)
+
 # ---------------------------------------------------------------- architectures
 ARCHS.declare(
     "convnet",

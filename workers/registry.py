@@ -45,6 +45,7 @@ class Entry:
 class DatasetEntry(Entry):
     describe: str = ""  # "module:attr" of a torch-free function (root, **options) -> facts for validation
     needs_root: bool = False
+    root_doc: str = "the folder that holds train/ and val/"  # what `dataset.root` must point at
 
     def facts(self, root: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
         """class_names, train_class_sizes, num_train, image_shape: read without torch."""
