@@ -124,7 +124,8 @@ def accuracy_vs_ipc(acc: pd.DataFrame):
 
 def accuracy_vs_budget(acc: pd.DataFrame):
     """Test top-1 against the budget (log scale): a panel per (selector, regime), one line per IPC, the full
-    run at each IPC's compute dashed in the IPC's colour (paper Fig. 1)."""
+    run dashed: one line under a compute-matched unit (the same run at every IPC), else one per IPC in the
+    IPC's colour (paper Fig. 1)."""
     plt = _plt()
     rowcols = _varying(acc, ("student", "teacher"))
     selectors = [s for s in dict.fromkeys(acc.loc[acc["kind"] != "full", "selector"])]
@@ -134,6 +135,8 @@ def accuracy_vs_budget(acc: pd.DataFrame):
     cmap = plt.get_cmap("viridis")
     colour = {ipc: cmap(i / max(1, len(ipcs) - 1)) for i, ipc in enumerate(ipcs)}
     budgets = sorted(set(acc["budget"]))
+    units = set(acc["budget_unit"]) if "budget_unit" in acc else set()
+    matched = bool(units) and units <= {"full_epochs", "steps"}  # every IPC gets the same images
     fig, axes = _grid(len(rows), len(regimes), height=3.0)
     for r, (key, sel) in enumerate(rows):
         key = key if isinstance(key, tuple) else (key,)
@@ -157,8 +160,12 @@ def accuracy_vs_budget(acc: pd.DataFrame):
                         label=f"IPC {ipc}",
                     )
                 full = sub[(sub["kind"] == "full") & (sub["ipc"] == ipc)].sort_values("budget")
-                if not full.empty:
+                if not full.empty and not matched:
                     ax.plot(full["budget"], full["top1_mean"], "--", color=colour[ipc], label=f"full at IPC {ipc}")
+            full = sub[sub["kind"] == "full"]
+            if matched and not full.empty:  # the same run at every IPC: one line
+                line = full.groupby("budget")["top1_mean"].mean()
+                ax.plot(line.index, line.values, "--", color="0.3", label="full data, same compute")
             ax.set_xscale("log")
             ax.set_xticks(budgets)
             ax.set_xticklabels([f"{b:g}" for b in budgets])

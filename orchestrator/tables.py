@@ -30,7 +30,7 @@ import pandas as pd
 from workers.catalogue import ARCHS, SELECTORS
 from workers.config import Named
 
-CELL = ("student", "teacher", "budget", "regime", "ipc")
+CELL = ("student", "teacher", "budget_unit", "budget", "regime", "ipc")
 KINDS = ("random", "coreset", "distiller", "full")  # the order tables list them in
 REAL = ("random", "coreset")  # real-image selectors
 COMPUTE_MATCHED = ("full_epochs", "steps")  # budget units that give every IPC the same images
@@ -267,6 +267,7 @@ def _robust(x: float) -> float:
 DD_RANKING_COLUMNS = [
     "student",
     "teacher",
+    "budget_unit",
     "budget",
     "ipc",
     "selector",
@@ -318,11 +319,11 @@ def dd_ranking(df: pd.DataFrame, w: float = 0.5) -> pd.DataFrame:
             rows.append(
                 [*cell, label, part["kind"].iloc[0], r, *v.values(), hlr, ior, _robust(w * ior - (1 - w) * hlr), fed]
             )
-    out = pd.DataFrame(rows, columns=[*keys, *DD_RANKING_COLUMNS[4:]])
+    out = pd.DataFrame(rows, columns=[*keys, *DD_RANKING_COLUMNS[DD_RANKING_COLUMNS.index("selector") :]])
     return out
 
 
-ARS_COLUMNS = ["student", "teacher", "budget", "regime", "ipc", "selector", "kind", "augment", "beta", "ars", "rows"]
+ARS_COLUMNS = [*CELL, "selector", "kind", "augment", "beta", "ars", "rows"]
 
 
 def augmentation_robust(df: pd.DataFrame, gamma: float = 0.5) -> pd.DataFrame:
@@ -349,4 +350,4 @@ def augmentation_robust(df: pd.DataFrame, gamma: float = 0.5) -> pd.DataFrame:
         beta = gamma * (a_sel - a_rdm) + (1 - gamma) * (n_sel - n_rdm)
         fed = f"{label} and random, each with augment {'/'.join(aug)} and none"
         rows.append([*cell, label, part["kind"].iloc[0], "/".join(aug), beta, _robust(beta), fed])
-    return pd.DataFrame(rows, columns=[*keys, *ARS_COLUMNS[5:]])
+    return pd.DataFrame(rows, columns=[*keys, *ARS_COLUMNS[len(CELL) :]])

@@ -60,8 +60,9 @@ def make_cifar100(root: Path, per_class_train: int = 12, per_class_test: int = 2
     return {"x": x, "y": np.asarray(fine), "tx": tx, "ty": np.asarray(test), "names": names}
 
 
-def make_root(name: str, root: Path) -> None:
-    """A small tree of data set `name` (a registered data set that needs a root) under `root`."""
+def make_root(name: str, root: Path, per_class: int = 12) -> None:
+    """A small tree of data set `name` (a registered data set that needs a root) under `root`, with
+    `per_class` train images per class (imagefolder: 12 whatever it is)."""
     if name == "imagefolder":
         from PIL import Image
 
@@ -71,8 +72,8 @@ def make_root(name: str, root: Path) -> None:
                 for i in range(12):
                     Image.new("RGB", (10, 12), (i * 20, 0, 0)).save(root / split / c / f"{i}.png")
     elif name == "cifar10":
-        make_cifar10(root)
+        make_cifar10(root, per_class_train=per_class)
     elif name == "cifar100":
-        make_cifar100(root)
+        make_cifar100(root, per_class_train=per_class)
     else:
         raise KeyError(f"tests/datafiles.py cannot write data set {name!r} yet: add it to make_root")

@@ -334,5 +334,5 @@ def test_the_budget_figure_shares_the_y_axis_across_regime_panels(tmp_path):
     assert len(axes) == 2 and axes[0].get_shared_y_axes().joined(axes[0], axes[1])
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["2", "4"]
     labels = axes[0].get_legend_handles_labels()[1]
-    assert "IPC 1" in labels and "full at IPC 5" in labels
+    assert "IPC 1" in labels and "full data, same compute" in labels  # full_epochs: one run at every IPC
     figures.close(fig)
