@@ -60,6 +60,44 @@ def make_cifar100(root: Path, per_class_train: int = 12, per_class_test: int = 2
     return {"x": x, "y": np.asarray(fine), "tx": tx, "ty": np.asarray(test), "names": names}
 
 
+def make_tinyimagenet(
+    root: Path, classes: int = 4, per_class: int = 12, val_per_class: int = 3, size: int = 64, wnids_txt: bool = True
+) -> dict:
+    """Tiny ImageNet as its zip unpacks: train/<wnid>/images/<wnid>_<i>.JPEG (+ the boxes file), val/images/
+    val_<i>.JPEG with val/val_annotations.txt, wnids.txt, an unlabelled test/. Class k (sorted wnid order) is a
+    flat colour (30 k, 255 - 30 k, 60) plus a bright square, so decoding and class order can be checked."""
+    from PIL import Image
+
+    data = root / "tiny-imagenet-200"
+    wnids = [f"n{(613 * k + 3) % 1009:08d}" for k in range(classes)]  # unique, not in sorted order
+    order = {w: k for k, w in enumerate(sorted(wnids))}
+
+    def image(w: str) -> Image.Image:
+        k = order[w]
+        arr = np.zeros((size, size, 3), np.uint8)
+        arr[:] = (30 * k % 256, (255 - 30 * k) % 256, 60)
+        arr[size // 4 : size // 2, size // 4 : size // 2] = 250
+        return Image.fromarray(arr)
+
+    for w in wnids:
+        (data / "train" / w / "images").mkdir(parents=True)
+        (data / "train" / w / f"{w}_boxes.txt").write_text("")
+        for i in range(per_class):
+            image(w).save(data / "train" / w / "images" / f"{w}_{i}.JPEG", quality=95)
+    (data / "val" / "images").mkdir(parents=True)
+    lines = []
+    for i in range(val_per_class * classes):
+        w = wnids[i % classes]
+        image(w).save(data / "val" / "images" / f"val_{i}.JPEG", quality=95)
+        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t{size - 1}\t{size - 1}")
+    (data / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    (data / "test" / "images").mkdir(parents=True)
+    image(wnids[0]).save(data / "test" / "images" / "test_0.JPEG")
+    if wnids_txt:
+        (data / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    return {"wnids": sorted(wnids), "val": [order[wnids[i % classes]] for i in range(val_per_class * classes)]}
+
+
 def make_root(name: str, root: Path, per_class: int = 12) -> None:
     """A small tree of data set `name` (a registered data set that needs a root) under `root`, with
     `per_class` train images per class (imagefolder: 12 whatever it is)."""
@@ -75,5 +113,8 @@ def make_root(name: str, root: Path, per_class: int = 12) -> None:
         make_cifar10(root, per_class_train=per_class)
     elif name == "cifar100":
         make_cifar100(root, per_class_train=per_class)
+    elif name == "tinyimagenet":
+        classes = 200 if per_class > 12 else 4  # a sweep's validation: all classes, tiny images (never decoded)
+        make_tinyimagenet(root, classes=classes, per_class=per_class, val_per_class=1, size=8 if classes > 4 else 64)
     else:
         raise KeyError(f"tests/datafiles.py cannot write data set {name!r} yet: add it to make_root")

@@ -75,6 +75,18 @@ DATASETS.declare(
     needs_root=True,
     root_doc="the folder that holds torchvision's cifar-100-python/ (never downloaded)",
 )
+DATASETS.declare(
+    "tinyimagenet",
+    "Tiny ImageNet (100,000 train / 10,000 val 64x64 images, 200 classes) as unzipped, decoded once to uint8",
+    "workers.data.tinyimagenet:load",
+    {
+        "image_size": Option(64, int, "side: 64 is native; others resize the shorter side and centre-crop", min=8),
+        "minival_per_class": _MINIVAL,
+    },
+    describe="workers.data.tinyimagenet:describe",
+    needs_root=True,
+    root_doc="the folder that holds Tiny ImageNet's train/ and val/ (tiny-imagenet-200/ unzipped; never downloaded)",
+)
 
 # ---------------------------------------------------------------- architectures
 ARCHS.declare(
