@@ -39,7 +39,7 @@ def _combinations(spec: SweepSpec):
         point = dict(zip(axes, values))
         tname, tcfg = point["teacher"]
         point["teacher"] = tname
-        if not excluded(point, spec.exclude):
+        if not spec.exclude or not excluded(point, spec.exclude):
             yield point, tcfg
 
 
@@ -81,8 +81,13 @@ def points(spec: SweepSpec) -> list[tuple[dict[str, Any], TrialConfig]]:
 
 def expand(spec: SweepSpec) -> list[TrialConfig]:
     """The sweep's trials, each once, in the order of `points` (see the module doc)."""
+    return unique(points(spec))
+
+
+def unique(pts: list[tuple[dict[str, Any], TrialConfig]]) -> list[TrialConfig]:
+    """The trials of `points`, each once, in order."""
     seen: dict[str, TrialConfig] = {}
-    for _, t in points(spec):
+    for _, t in pts:
         seen.setdefault(t.trial_id, t)
     return list(seen.values())
 
@@ -116,7 +121,7 @@ def grid_size(spec: SweepSpec, trials: int) -> str:
     product = 1
     for n, _ in sizes:
         product *= n
-    kept = sum(1 for _ in _combinations(spec))
+    kept = sum(1 for _ in _combinations(spec)) if spec.exclude else product
     text = f"{trials} trials = " + " x ".join(f"{n} {what}" for n, what in sizes)
     if kept < product:
         text += f" minus {product - kept} excluded"

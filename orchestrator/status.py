@@ -18,11 +18,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from orchestrator.grid import expand, points
+from orchestrator.grid import points, unique
 from orchestrator.lock import DriverLock
 from orchestrator.progress import STALE_S, clock, eta_seconds, running_trials
 from orchestrator.results import SweepStore
 from orchestrator.spec import SweepSpec
+from workers.config import TrialConfig
 from workers.naming import arch_label, selector_label, trial_name
 
 ORDER = ("done", "started", "failed", "pending")
@@ -42,7 +43,8 @@ class Driver:
 class SweepStatus:
     spec: SweepSpec
     states: dict[str, str]  # trial_id -> done | started | failed | pending
-    names: dict[str, str]
+    trials: dict[str, TrialConfig]  # trial_id -> its config
+    points: list  # orchestrator.grid.points(spec)
     running: dict[str, dict]  # trial_id -> its heartbeat (attempt, host, fraction, epoch, started_at, ...)
     failures: dict[str, dict]  # trial_id -> failure record, for trials not done
     driver: Driver
@@ -56,6 +58,10 @@ class SweepStatus:
     @property
     def grid_ids(self) -> set[str]:
         return set(self.states)
+
+    def name(self, trial_id: str) -> str:
+        t = self.trials.get(trial_id)
+        return trial_name(t) if t is not None else trial_id
 
 
 def cause(error: str) -> str:
@@ -83,7 +89,8 @@ def driver_state(store: SweepStore) -> Driver:
 
 
 def collect(spec: SweepSpec, store: SweepStore) -> SweepStatus:
-    trials = expand(spec)
+    pts = points(spec)
+    trials = unique(pts)
     done_all = store.done_ids()
     fails = store.failures()
     started = store.checkpointed_ids()
@@ -108,7 +115,8 @@ def collect(spec: SweepSpec, store: SweepStore) -> SweepStatus:
     return SweepStatus(
         spec=spec,
         states=states,
-        names={t.trial_id: trial_name(t) for t in trials},
+        trials={t.trial_id: t for t in trials},
+        points=pts,
         running=running,
         failures={k: v for k, v in fails.items() if k in ids and states[k] != "done"},
         driver=driver,
@@ -146,7 +154,7 @@ def details(st: SweepStatus) -> str:
         lines.append(f"  running ({len(st.running)}):")
         for tid, beat in sorted(st.running.items(), key=lambda kv: kv[1].get("started_at", 0)):
             lines.append(
-                f"    {st.names.get(tid, tid):<40} {100 * float(beat.get('fraction', 0)):5.1f}% of its images "
+                f"    {st.name(tid):<40} {100 * float(beat.get('fraction', 0)):5.1f}% of its images "
                 f"(epoch {beat.get('epoch', 0)}), attempt {beat.get('attempt', '?')}, on {beat.get('host', '?')}, "
                 f"for {clock(now - float(beat.get('started_at', now)))}"
             )
@@ -176,7 +184,6 @@ def _driver_line(st: SweepStatus) -> str:
 
 def _by_axis(st: SweepStatus) -> list[str]:
     spec = st.spec
-    pts = points(spec)
     labels = {s: selector_label(s) for s in spec.selectors}
     axes = [
         ("selector", lambda p: labels[p["selector"]]),
@@ -191,12 +198,17 @@ def _by_axis(st: SweepStatus) -> list[str]:
     if "student" in spec.extra_axes:
         axes.append(("student", lambda p: arch_label(p["student"])))
     out = []
+    states = [st.states[t.trial_id] for _, t in st.points]
+    running = [t.trial_id in st.running for _, t in st.points] if st.running else [False] * len(states)
     for axis, key in axes:
         counts: dict[object, Counter] = {}
-        for p, t in pts:
-            c = counts.setdefault(key(p), Counter())
-            c[st.states[t.trial_id]] += 1
-            c["running"] += t.trial_id in st.running
+        for (p, _), state, run in zip(st.points, states, running):
+            c = counts.get(key(p))
+            if c is None:
+                c = counts[key(p)] = Counter()
+            c[state] += 1
+            if run:
+                c["running"] += 1
         out.append(f"  by {axis}:")
         for v, c in counts.items():
             out.append(
@@ -216,12 +228,12 @@ def _failures(st: SweepStatus) -> list[str]:
     final = sum(1 for tid in st.failures if st.states[tid] == "failed")
     out = [f"  failures: {final} failed for good, {len(st.failures) - final} retrying; by cause:"]
     for why, tids in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        tids.sort(key=lambda t: st.names.get(t, t))
+        tids.sort(key=st.name)
         shown = []
         for tid in tids[:3]:
             f = st.failures[tid]
             tag = "" if st.states[tid] == "failed" else ", retrying"
-            shown.append(f"{st.names.get(tid, tid)} (attempt {f.get('attempt', '?')}{tag})")
+            shown.append(f"{st.name(tid)} (attempt {f.get('attempt', '?')}{tag})")
         more = f" and {len(tids) - 3} more" if len(tids) > 3 else ""
         out.append(f"    {len(tids)} x {why}")
         out.append(f"        {', '.join(shown)}{more}")
