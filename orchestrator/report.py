@@ -122,7 +122,7 @@ def build(spec: SweepSpec, rows=None) -> Report:
         "gap_to_random": T.gap_to_random(df),
         "spread": T.spread(df),
         "pareto": T.pareto(df),
-        "el2n_best": best_window(df, by=by) if not df.empty else best_window(df),
+        "el2n_best": best_window(df, by=by) if _variants(df, "el2n_window") else None,
         "cad_best": cad_best(df, by=by) if not df.empty and _variants(df, "cad_prune") > 1 else None,
         "dd_ranking": T.dd_ranking(df),
         "augmentation_robust": T.augmentation_robust(df),
@@ -131,6 +131,9 @@ def build(spec: SweepSpec, rows=None) -> Report:
 
 
 def _variants(df, selector: str) -> int:
+    """How many option variants of `selector` the rows hold (0 without rows of it)."""
+    if df.empty:
+        return 0
     return df.loc[df["selector"] == selector, "selector_options"].nunique()
 
 

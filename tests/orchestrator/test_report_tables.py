@@ -336,3 +336,26 @@ def test_the_budget_figure_shares_the_y_axis_across_regime_panels(tmp_path):
     labels = axes[0].get_legend_handles_labels()[1]
     assert "IPC 1" in labels and "full data, same compute" in labels  # full_epochs: one run at every IPC
     figures.close(fig)
+
+
+def test_cad_best_chooses_j_and_w_on_minival(tmp_path):
+    f = write_sweep(
+        tmp_path,
+        "cad",
+        "  selector: [cad_prune, {name: cad_prune, J: 2, W: 3}]\n  regime: [hl]\n  ipc: [1, 2]\n  seed: [0, 1]",
+        "budget: {full_epochs: 6}\n",
+    )
+    spec = load_spec(f)
+
+    def values(point, t):
+        auto = t.selector.opts["J"] == "auto"
+        if t.ipc == 1:
+            return (0.8, 0.2) if auto else (0.4, 0.6)  # test prefers auto, minival (J=2, W=3): J=2 wins
+        return (0.5, 0.7) if auto else (0.6, 0.5)
+
+    fill(spec, values)
+    t = report.tables(spec)
+    best = t["cad_best"].set_index("ipc")
+    assert (best.loc[1, "J"], best.loc[1, "W"], best.loc[1, "top1"]) == (2, 3, pytest.approx(0.4))
+    assert (best.loc[2, "J"], best.loc[2, "W"], best.loc[2, "top1"]) == ("auto", 2, pytest.approx(0.5))
+    assert "el2n_best" not in t  # no el2n_window rows: no table
