@@ -48,9 +48,10 @@ def _row_title(key: tuple, cols: list[str]) -> str:
 def _colours(labels: list[str]) -> dict[str, object]:
     plt = _plt()
     cmap = plt.get_cmap("tab20")
+    palette = [cmap(i) for i in range(20) if i not in (14, 15)]  # tab20's greys are kept for `full`
     others = [s for s in labels if s not in ("random", "full")]
-    out = {s: cmap(i % 20) for i, s in enumerate(others)}
-    out.update({"random": "black", "full": "0.45"})
+    out = {s: palette[i % len(palette)] for i, s in enumerate(others)}
+    out.update({"random": "black", "full": "0.35"})
     return out
 
 
@@ -58,7 +59,7 @@ def _style(kind: str) -> dict:
     if kind == "random":
         return {"linewidth": 2.2, "marker": "o"}
     if kind == "full":
-        return {"linestyle": "--", "linewidth": 1.8, "marker": None}
+        return {"linestyle": (0, (6, 3)), "linewidth": 2.0, "marker": None}
     if kind == "distiller":
         return {"linestyle": "--", "marker": "s", "markersize": 3.5}
     return {"marker": "o", "markersize": 3.5}
@@ -76,6 +77,16 @@ def _ipc_axis(ax, ipcs: list[int]) -> None:
 def _grid(rows: int, cols: int, width: float = 4.2, height: float = 3.3):
     plt = _plt()
     return plt.subplots(rows, cols, figsize=(width * cols + 2.2, height * rows), squeeze=False, sharey=True)
+
+
+def _limits(axes, values, lo: float | None = None, hi: float | None = None, pad: float = 4.0) -> None:
+    """One y-range for every panel, from the means (not the error bars: with two or three seeds a 95% CI can
+    be wider than the whole scale), kept within [lo, hi]."""
+    vals = [float(v) for v in values if v == v]
+    if not vals:
+        return
+    bottom, top = min(vals) - pad, max(vals) + pad
+    axes.flat[0].set_ylim(bottom if lo is None else max(lo, bottom), top if hi is None else min(hi, top))
 
 
 def _legend(fig, axes) -> None:
@@ -110,7 +121,14 @@ def accuracy_vs_ipc(acc: pd.DataFrame):
                 label = "full (compute-matched)" if kind == "full" else sel
                 err = line["top1_ci95"].fillna(0) if "top1_ci95" in line else line["top1_std"].fillna(0)
                 ax.errorbar(
-                    line["ipc"], line["top1_mean"], yerr=err, capsize=2, color=colours[sel], label=label, **_style(kind)
+                    line["ipc"],
+                    line["top1_mean"],
+                    yerr=err,
+                    capsize=1.5,
+                    elinewidth=0.7,
+                    color=colours[sel],
+                    label=label,
+                    **_style(kind),
                 )
             _ipc_axis(ax, ipcs)
             title = f"regime {regime}" + (f" | {_row_title(key, rowcols)}" if rowcols else "")
@@ -118,6 +136,7 @@ def accuracy_vs_ipc(acc: pd.DataFrame):
             ax.set_xlabel("images per class")
             ax.grid(alpha=0.3)
         axes[r][0].set_ylabel("test top-1 (%)")
+    _limits(axes, acc["top1_mean"], 0.0, 100.0)
     _legend(fig, axes)
     return fig
 
@@ -155,7 +174,8 @@ def accuracy_vs_budget(acc: pd.DataFrame):
                         yerr=line["top1_ci95"].fillna(0),
                         marker="o",
                         markersize=3.5,
-                        capsize=2,
+                        capsize=1.5,
+                        elinewidth=0.7,
                         color=colour[ipc],
                         label=f"IPC {ipc}",
                     )
@@ -175,6 +195,7 @@ def accuracy_vs_budget(acc: pd.DataFrame):
             ax.set_title(f"{sel} | regime {regime}" + (f" | {_row_title(key, rowcols)}" if rowcols else ""), fontsize=9)
             ax.grid(alpha=0.3)
         axes[r][0].set_ylabel("test top-1 (%)")
+    _limits(axes, acc["top1_mean"], 0.0, 100.0)
     _legend(fig, axes)
     return fig
 
@@ -199,7 +220,8 @@ def gap_to_random(gap: pd.DataFrame):
                     line["ipc"],
                     line["gap_mean"],
                     yerr=line["gap_ci95"].fillna(0),
-                    capsize=2,
+                    capsize=1.5,
+                    elinewidth=0.7,
                     color=colours[sel],
                     label="full (compute-matched)" if kind == "full" else sel,
                     **_style(kind),
@@ -209,6 +231,7 @@ def gap_to_random(gap: pd.DataFrame):
             ax.set_xlabel("images per class")
             ax.grid(alpha=0.3)
         axes[r][0].set_ylabel("selector - random (points)")
+    _limits(axes, gap["gap_mean"])
     _legend(fig, axes)
     return fig
 
@@ -268,7 +291,8 @@ def pareto(par: pd.DataFrame):
                     yerr=line["top1_ci95"].fillna(0),
                     marker="o",
                     markersize=3.5,
-                    capsize=2,
+                    capsize=1.5,
+                    elinewidth=0.7,
                     color=colour[b],
                     label=name,
                 )
@@ -279,6 +303,7 @@ def pareto(par: pd.DataFrame):
             ax.set_title(f"regime {regime}" + (f" | {_row_title(key, rowcols)}" if rowcols else ""), fontsize=9)
             ax.grid(alpha=0.3)
         axes[r][0].set_ylabel("test top-1 (%)")
+    _limits(axes, par["top1_mean"], 0.0, 100.0)
     axes[0][-1].plot([], [], "*", markersize=11, color="white", markeredgecolor="k", label="more data stops paying")
     _legend(fig, axes)
     return fig
