@@ -1,4 +1,4 @@
-"""`ddsweep` command line: validate | plan | run | status | report | migrate | reproduce | list.
+"""`ddsweep` command line: validate | plan | run | check-teacher | status | report | migrate | reproduce | list.
 
 Every command that reads a sweep names its absolute storage on its first line. Exit codes: 0 ok,
 1 some trials failed (run) or the report could not be written, 2 bad input (the sweep file, a store
@@ -15,7 +15,7 @@ import os
 import sys
 from collections import Counter
 
-from orchestrator.driver import ClusterUnreachable, StaleIds, make_plan, run, stale_message
+from orchestrator.driver import ClusterUnreachable, StaleIds, check_teacher, make_plan, run, stale_message
 from orchestrator.grid import expand, grid_size
 from orchestrator.lock import DriverLock, SweepLocked
 from orchestrator.report import ReportNotWritten, build, format_table, write_report
@@ -23,6 +23,7 @@ from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
 from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
+from workers.graph import bytes_written, kd_epoch_keys, shard_keys
 
 EXIT_FAILED = 1  # some trials failed, or the report could not be written
 EXIT_SPEC = 2  # bad input
@@ -83,6 +84,7 @@ def cmd_plan(args) -> int:
     missing = Counter(k.kind for k in p.stages_missing)
     for kind, n in kinds.items():
         print(f"  stage {kind}: {n} needed by pending trials, {missing.get(kind, 0)} to build")
+    _print_bytes(p)
     info = dataset_facts(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
     n_full, n_cls = info["num_train"], len(info["class_names"])
     batches = {r: spec.recipes[r].batch_size for r in spec.regimes}
@@ -123,11 +125,11 @@ def _estimate(spec: SweepSpec, p, images_per_second: float | None) -> None:
     for name, (n, c) in rows.items():
         total = total + c
         print(
-            f"    {name:<18} x{n:<6} train {c.train:>14,} images  infer {c.infer:>14,} images  disk {_bytes(c.disk):>9}"
+            f"    {name:<18} x{n:<6} train {c.train:>14,} images  infer {c.infer:>14,} images  disk {_human(c.disk):>9}"
         )
     print(
         f"    {'total':<26} train {total.train:>14,} images  infer {total.infer:>14,} images  "
-        f"disk {_bytes(total.disk):>9}"
+        f"disk {_human(total.disk):>9}"
     )
     print(f"    train-equivalent images (infer counts {INFER_COST:.2f}): {total.train_equivalent:,.0f}")
     if images_per_second:
@@ -139,12 +141,35 @@ def _estimate(spec: SweepSpec, p, images_per_second: float | None) -> None:
         print("    GPU-hours: give --images-per-second N (training throughput per GPU), or --calibrate")
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} TB"
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _print_bytes(p) -> None:
+    """The bytes the data stages will write (dataset caches, stored SL+KD labels), estimated from the facts."""
+    missing = set(p.stages_missing)
+    for ckey in (k for k in p.stages if k.kind == "cache"):
+        shards = shard_keys(ckey)
+        total = sum(bytes_written(k) for k in shards)
+        todo = [k for k in shards if k in missing]
+        rule = ckey.cfg["rule"]
+        print(
+            f"  cache of {rule['root']} (train {rule['train'][0]}/{rule['train'][1]}, val {rule['val'][0]}/"
+            f"{rule['val'][1]}, {rule['interpolation']}): {_human(total)} in {len(shards)} shards; to write "
+            f"{_human(sum(bytes_written(k) for k in todo))} ({len(todo)} shards)"
+        )
+    sets = [k for k in p.stages if k.kind == "kd_labels"]
+    if sets:
+        epochs = {e for k in sets for e in kd_epoch_keys(k)}
+        todo = [e for e in epochs if e in missing]
+        print(
+            f"  stored SL+KD labels: {len(sets)} set(s), {_human(sum(bytes_written(e) for e in epochs))} in "
+            f"{len(epochs)} epoch files; to write {_human(sum(bytes_written(e) for e in todo))} ({len(todo)} files)"
+        )
 
 
 def _calibrate(spec: SweepSpec) -> float:
@@ -189,6 +214,41 @@ def _calibrate(spec: SweepSpec) -> float:
 def cmd_run(args) -> int:
     spec = _load(args)
     return run(spec, address=args.address, checkpoint_interval_s=args.checkpoint_interval)
+
+
+def cmd_check_teacher(args) -> int:
+    """Evaluate the sweep's teacher weights on the cached val split: compare with the published figure."""
+    spec = _load(args)
+    try:
+        r = check_teacher(spec, address=args.address)
+    except (ValueError, RuntimeError) as err:
+        print(f"ddsweep: {err}", file=sys.stderr)
+        return 1
+    d = spec.dataset.opts
+    transform = (
+        f"resize {d['val_resize']} / centre crop {d['val_crop']}, {d['interpolation']}"
+        if "val_resize" in d
+        else f"{spec.dataset.name} at {r['input_shape'][-1]} px"
+    )
+    print(
+        f"teacher {spec.teacher.arch.label()} ({spec.teacher.weights}, {r['normalize']} normalisation), "
+        f"{r['classes']} classes, on the val split ({r['val_images']} images, {transform}):"
+    )
+    print(
+        f"  val top-1 {100 * r['val_top1']:.2f}%  top-5 {100 * r['val_top5']:.2f}%  "
+        f"(minival top-1 {100 * r['minival_top1']:.2f}%)"
+    )
+    if r.get("reference"):
+        name, top1, top5 = r["reference"]
+        print(
+            f"  {name} reaches {top1:.2f}% / {top5:.2f}% under resize 256 / centre crop 224, bilinear; a gap of more "
+            "than a few tenths of a point means another transform, class order or file"
+        )
+    if not args.address:
+        import ray
+
+        ray.shutdown()
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -308,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between a trial's epoch checkpoints (default 60)",
     )
     sp.set_defaults(fn=cmd_run)
+    sp = with_sweep("check-teacher", "val top-1 of the teacher's weights on the cached val split (a sanity check)")
+    sp.add_argument("--address", default=None, help="Ray cluster address (default: start an embedded local Ray)")
+    sp.set_defaults(fn=cmd_check_teacher)
     with_sweep("status", "done / started / failed / pending, per axis").set_defaults(fn=cmd_status)
     sp = with_sweep("report", "accuracy table and curves under <storage>/<sweep>/report/")
     sp.add_argument("--out", default=None, help="write the report files here instead (e.g. for a read-only store)")

@@ -21,6 +21,7 @@ from orchestrator.scheduler import StageBuilds, ready_trials_searcher
 from orchestrator.spec import SweepSpec
 from workers.artifacts import ArtifactStore
 from workers.config import ID_SCHEMA, ArtifactKey, TrialConfig
+from workers.graph import cache_key, shard_keys
 from workers.naming import trial_name
 from workers.storage import is_uri
 
@@ -241,6 +242,50 @@ def _launch(
             _say(f"  FAILED {trial_name(t)} after {f['attempt']} attempt(s): {f['error']}")
     _say(f"rows: {store.results_dir}")
     return missing
+
+
+# Published figures of torchvision checkpoints, by the first 8 hex digits of the file's sha256 (the suffix of
+# torchvision's file names): what `ddsweep check-teacher` should reproduce on ImageNet's val split under
+# resize 256 / centre crop 224, bilinear (torchvision's eval transform of these weights).
+TORCHVISION_REFERENCE = {"f37072fd": ("torchvision ResNet-18 IMAGENET1K_V1", 69.758, 89.078)}
+
+
+def check_teacher(spec: SweepSpec, address: str | None = None) -> dict:
+    """The val top-1 of the sweep's teacher weights on the cached val split: builds the cache stages that are
+    missing (Ray tasks), then evaluates in one Ray task with the trial's resources. Returns the figures."""
+    t = spec.teacher
+    if t is None or not t.weights:
+        raise ValueError("teacher.weights: check-teacher evaluates a weights file; the sweep's teacher has none")
+    store = spec.store()
+    artifacts = ArtifactStore(store.artifacts_uri)
+    ckey = cache_key(spec.dataset)
+    keys = [] if ckey is None else [*shard_keys(ckey), ckey]
+    init_ray(address)
+    import ray
+
+    res = spec.resources
+    builds = StageBuilds(artifacts.missing(keys), store.artifacts_uri, res.cpus_per_trial, 0)
+    builds.wait()
+    if builds.failed:
+        raise RuntimeError(next(iter(builds.failed.values()))[0])
+
+    @ray.remote(max_retries=0)
+    def check_one(dataset: dict, teacher: dict, root: str) -> dict:
+        from workers.artifacts import ArtifactStore
+        from workers.teacher import check_teacher as check
+
+        return check(dataset, teacher, ArtifactStore(root))
+
+    ref = check_one.options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial).remote(
+        spec.dataset.to_json(), t.to_json(), store.artifacts_uri
+    )
+    try:
+        out = ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
+        raise RuntimeError(str(cause).strip().splitlines()[-1]) from None
+    out["reference"] = TORCHVISION_REFERENCE.get((t.weights_sha256 or "")[:8])
+    return out
 
 
 def _with_storage(spec: SweepSpec, storage: str) -> SweepSpec:

@@ -53,8 +53,11 @@ SCHEMA = pa.schema(
         ("train_seconds", pa.float64()),
         ("total_seconds", pa.float64()),
         ("gpu_name", pa.string()),
+        ("device", pa.string()),  # cpu, cuda, cuda:1, ...
+        ("precision", pa.string()),  # fp32 or bf16: what the student trained and was evaluated in
         ("peak_gpu_mem_bytes", pa.int64()),
         ("soft_label_bytes", pa.int64()),
+        ("data_placement", pa.string()),  # where the training images lived: device, host or stream
         # provenance
         ("attempt", pa.int64()),
         ("resumed_from_epoch", pa.int64()),

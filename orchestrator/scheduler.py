@@ -11,12 +11,14 @@ wait inside a slot, so stages always find resources once running trials end (doc
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from orchestrator.console import say
 from orchestrator.results import SweepStore
+from workers.catalogue import STAGES
 from workers.config import ArtifactKey, TrialConfig
 from workers.graph import requires, stage_deps, stage_uses_accelerator
 from workers.naming import trial_name
@@ -40,7 +42,9 @@ class StageBuilds:
         self.refs: dict[ArtifactKey, Any] = {}
         for k in keys:  # grid.stages_for lists dependencies before dependants
             deps = [self.refs[d] for d in stage_deps(k) if d in self.refs]
-            opts = {"num_gpus": gpus if stage_uses_accelerator(k) else 0}
+            # a stage kind may declare its own CPUs (a cache shard decodes on one core); the others get the trial's
+            own = STAGES[k.kind].cpus
+            opts = {"num_cpus": cpus if own is None else own, "num_gpus": gpus if stage_uses_accelerator(k) else 0}
             self.refs[k] = build_one.options(**opts).remote(k.kind, k.config_json, artifacts_root, *deps)
         self.built: set[ArtifactKey] = set()
         self.failed: dict[ArtifactKey, tuple[str, str]] = {}  # key -> (message, traceback)
@@ -67,8 +71,13 @@ class StageBuilds:
                 if root is not None:  # a dependency failed: report the root cause, as the user fixes that
                     self.failed[key] = self.failed[root]
                 else:
-                    text = str(err).strip()  # the remote traceback, ending with the error
-                    self.failed[key] = (f"stage {key} failed: {text.splitlines()[-1]}", text)
+                    cause = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
+                    message = str(cause).strip().splitlines()[-1]
+                    remote = re.sub(r"\x1b\[[0-9;]*m", "", getattr(err, "traceback_str", None) or str(err))
+                    self.failed[key] = (
+                        f"stage {key} failed: {message}",
+                        "Traceback of the Ray task (most recent call last):\n" + remote,
+                    )
                     say(f"  {self.failed[key][0]}")
             done = len(self.built) + len(self.failed)
             if done == len(self.refs) or done % 25 == 0:
@@ -78,6 +87,12 @@ class StageBuilds:
                     + f" ({time.time() - self.t0:.0f}s)"
                 )
         return finished
+
+    def wait(self, poll_s: float = 0.5) -> None:
+        """Block until every stage has finished, built or failed."""
+        while len(self.built) + len(self.failed) < len(self.refs):
+            self.poll()
+            time.sleep(poll_s)
 
     def status(self, key: ArtifactKey) -> str:
         """'built' (or never missing), 'failed' or 'building'."""

@@ -462,6 +462,8 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
     c.problems += problems
     if len(c.problems) > before:
         return None, None
+    if DATASETS[name].derive is not None:  # options that default to others, explicit in every trial's config
+        opts = DATASETS[name].derive(opts)
     cfg = DatasetConfig(name=name, root=root, options=_frozen_options(opts))
     try:
         info = dataset_facts(name, root, opts)

@@ -24,6 +24,17 @@ def cli_env(ray_home) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def wnid_tree(tmp_path_factory) -> tuple[Path, Path]:
+    """ImageNet's layout at 1000 classes: train/<wnid>/ x 2 small JPEGs, a flat val/ (one JPEG per class) and
+    Kaggle's LOC_val_solution.csv. Returns (root, label file)."""
+    from imagetrees import make_tree, wnids
+
+    root = tmp_path_factory.mktemp("wnid1000") / "imagenet"
+    make_tree(root, classes=wnids(1000), per_class=2, val=1, size=(20, 16), ext=".JPEG", flat_val="csv")
+    return root, root / "LOC_val_solution.csv"
+
+
 def write_sweep(
     path: Path,
     *,

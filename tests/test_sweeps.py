@@ -17,7 +17,9 @@ from orchestrator.grid import expand
 from orchestrator.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+# Templates whose paths a user edits first (ImageNet-1K with torchvision's weights: no tree or weights file here)
+TEMPLATES = {"imagenet"}
+SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.stem not in TEMPLATES)
 ROOT = re.compile(r"(dataset: \{name: (\w+), root: )(/data/[^,}\s]+)")
 
 

@@ -35,12 +35,16 @@ def test_a_setting_added_at_its_neutral_value_leaves_ids_unchanged():
     t = expand(load_spec(REPO / "sweeps" / "smoke.yaml"))[0]
     d = t.to_json()
     later = copy.deepcopy(d)
-    later["train"]["precision"] = "fp32"  # a hypothetical setting added later; fp32 = the old behaviour
+    later["train"]["future_setting"] = "off"  # a hypothetical setting added later; "off" = the old behaviour
     later["selector"]["options"]["new_option"] = 7
-    neutral = {("train", "precision"): "fp32", ("selector", t.selector.name, "new_option"): 7}
+    neutral = {
+        **config.NEUTRAL_SINCE_SCHEMA_1,
+        ("train", "future_setting"): "off",
+        ("selector", t.selector.name, "new_option"): 7,
+    }
     assert short_hash(trial_identity(later, neutral)) == t.trial_id
     changed = copy.deepcopy(later)
-    changed["train"]["precision"] = "bf16"  # a non-neutral value is a different trial
+    changed["train"]["future_setting"] = "on"  # a non-neutral value is a different trial
     assert short_hash(trial_identity(changed, neutral)) != t.trial_id
     other = copy.deepcopy(later)
     other["selector"]["name"] = "not-" + t.selector.name  # the option is neutral for its own method only
@@ -169,3 +173,32 @@ def test_the_fast_trial_id_is_the_hash_of_the_identity_under_any_neutral_table(m
     for sweep in ("digits_scalability.yaml", "digits_cad_epochs.yaml"):
         monkeypatch.setattr(config, "NEUTRAL_SINCE_SCHEMA_1", {})
         assert all(t.trial_id == short_hash(t.identity()) for t in expand(load_spec(REPO / "sweeps" / sweep)))
+
+
+def test_imagefolder_sizes_made_explicit_leave_old_ids_unchanged(tmp_path):
+    """Issue #11: the cache's sizes, filter, label file, bad-file policy and shard size are written into every
+    trial's config; at the values that reproduce the old decode they are left out of the id."""
+    from imagetrees import make_tree
+
+    root = make_tree(tmp_path / "data")
+    text = f"""
+name: folder
+dataset: {{name: imagefolder, root: {root}, image_size: 8, minival_per_class: 2}}
+student: {{arch: convnet, depth: 2, width: 8}}
+teacher: {{arch: convnet, depth: 2, width: 8, epochs: 1}}
+budget: {{epochs: 1}}
+grid: {{selector: [random], regime: [hl, sl], ipc: [1], seed: [0]}}
+"""
+    new = expand(parse_spec(text))
+    opts = new[0].dataset.opts
+    assert (opts["train_resize"], opts["train_crop"], opts["val_resize"], opts["val_crop"]) == (8, 8, 8, 8)
+    for t in new:  # a config as written before issue #11: image_size and minival_per_class only
+        old = t.to_json()
+        old["dataset"]["options"] = {"image_size": 8, "minival_per_class": 2}
+        if old["teacher"]:
+            del old["teacher"]["normalize"]
+        assert TrialConfig.from_json(old).trial_id == t.trial_id
+    bigger = expand(parse_spec(text.replace("image_size: 8,", "image_size: 8, train_crop: 12,")))
+    assert {t.trial_id for t in bigger}.isdisjoint({t.trial_id for t in new})
+    imagenet = expand(parse_spec(text.replace("image_size: 8,", "image_size: 8, interpolation: bicubic,")))
+    assert {t.trial_id for t in imagenet}.isdisjoint({t.trial_id for t in new})

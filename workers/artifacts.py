@@ -255,6 +255,12 @@ class ArtifactStore:
             log.info("artifact %s was published concurrently; discarding this build", key)
             self.st.delete_dir(self.st.path(key.kind, key.digest, manifest["build"]))
 
+    def invalidate(self, key: ArtifactKey) -> None:
+        """Move a copy that a reader found corrupted aside (locally) or drop it (object store: the local copy,
+        and the remote manifest too when the remote copy is bad), so that the next `build` makes a new one."""
+        self._verified.discard(key)
+        self._quarantine(key)
+
     def _quarantine(self, key: ArtifactKey) -> None:
         folder = self._local(key)
         self._current.discard(key)

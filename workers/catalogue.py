@@ -8,10 +8,11 @@ then cover it. Citations: docs/methods.md.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from workers.budget import full_data_epochs, plan
-from workers.config import Named, TrialConfig
+from workers.config import Named, TrialConfig, absolute_path_problem
 from workers.options import Option
 from workers.registry import DatasetEntry, Entry, RegimeEntry, Registry, SelectorEntry, StageEntry
 
@@ -44,16 +45,54 @@ DATASETS.declare(
     },
     describe="workers.data.digits:describe",
 )
+
+
+def _imagefolder_sizes(opts: dict[str, Any]) -> dict[str, Any]:
+    """The cache's sizes made explicit in every trial's config: a null crop is image_size, a null resize is its
+    crop (workers.config.NEUTRAL_SINCE_SCHEMA_1 leaves these out of trial ids while they hold those values)."""
+    out = dict(opts)
+    out["train_crop"] = out.get("train_crop") or out["image_size"]
+    out["train_resize"] = out.get("train_resize") or out["train_crop"]
+    out["val_crop"] = out.get("val_crop") or out["image_size"]
+    out["val_resize"] = out.get("val_resize") or out["val_crop"]
+    return out
+
+
+def _absolute_file(value: Any) -> str | None:
+    if not isinstance(value, str) or not (Path(value).is_file() or Path(value).is_dir()):
+        return "is not an existing file or folder; give LOC_val_solution.csv or the ILSVRC2012 devkit folder"
+    return absolute_path_problem(value)
+
+
+_SIDE = {"min": 8, "max": 1024, "nullable": True}
 DATASETS.declare(
     "imagefolder",
-    "a local tree root/train/<class>/ and root/val/<class>/ (ImageNet layout), decoded once to uint8",
+    "a local tree root/train/<class>/ and root/val/ (ImageNet layout), decoded once into a sharded uint8 cache",
     "workers.data.imagefolder:load",
     {
-        "image_size": Option(32, int, "side after shorter-side resize and centre crop", min=8, max=512),
+        "image_size": Option(32, int, "the student's input side: training views and evaluation", min=8, max=512),
         "minival_per_class": Option(10, int, "train images per class held out for model choices", min=1),
+        "train_resize": Option(
+            None, int, "cached train images: shorter side before the crop (null: train_crop)", **_SIDE
+        ),
+        "train_crop": Option(None, int, "cached train images: centre-crop side (null: image_size)", **_SIDE),
+        "val_resize": Option(None, int, "val and minival: shorter side before the crop (null: val_crop)", **_SIDE),
+        "val_crop": Option(None, int, "val and minival: centre-crop side (null: image_size)", **_SIDE),
+        "interpolation": Option("bilinear", str, "resize filter (PIL)", choices=("bilinear", "bicubic")),
+        "val_labels": Option(
+            None,
+            str,
+            "flat val/: Kaggle's LOC_val_solution.csv or the ILSVRC2012 devkit folder (absolute path)",
+            nullable=True,
+            check=_absolute_file,
+        ),
+        "skip_bad_files": Option(False, bool, "skip (and count) unreadable images instead of failing"),
+        "shard_size": Option(1024, int, "images per cache shard (one build task each)", min=1),
     },
     describe="workers.data.imagefolder:describe",
     needs_root=True,
+    cached=True,
+    derive=_imagefolder_sizes,
 )
 
 _MINIVAL = Option(10, int, "train images per class held out for model choices", min=1)
@@ -450,6 +489,20 @@ SELECTORS.declare(
 
 # ---------------------------------------------------------------- stage kinds
 STAGES.declare(
+    "shard",
+    "shard_size decoded uint8 images of one split of a cached data set, with labels, digests, pixel sums",
+    "workers.data.imagefolder:build_shard",
+    uses_accelerator=False,
+    cpus=1,
+)
+STAGES.declare(
+    "cache",
+    "a cached data set: its shards merged (labels, valid rows, per-image digests, pixel sums per split)",
+    "workers.data.imagefolder:build_cache",
+    uses_accelerator=False,
+    cpus=1,
+)
+STAGES.declare(
     "subset",
     "class-balanced training subset chosen by a selector (indices into train), or a distiller's images",
     "workers.stages:build_subset",
@@ -461,9 +514,28 @@ STAGES.declare(
     "workers.teacher:build_teacher",
 )
 STAGES.declare(
+    "features_part",
+    "teacher penultimate features of one part of the train split, rows [start, stop) (float16)",
+    "workers.teacher:build_features_part",
+)
+STAGES.declare(
     "features",
-    "teacher penultimate features of every train image (float16)",
+    "teacher penultimate features of every train image (float16): its features_part stages concatenated",
     "workers.teacher:build_features",
+    uses_accelerator=False,
+    cpus=1,
+)
+STAGES.declare(
+    "kd_epoch",
+    "one epoch of stored SL+KD labels of a subset: fp16 teacher logits (or top-k + int16 ids) of every view",
+    "workers.kd_labels:build_kd_epoch",
+)
+STAGES.declare(
+    "kd_labels",
+    "a set of stored SL+KD labels: its kd_epoch stages, one per epoch of the trial's plan, and their bytes",
+    "workers.kd_labels:build_kd_labels",
+    uses_accelerator=False,
+    cpus=1,
 )
 STAGES.declare(
     "dynamics",

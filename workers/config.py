@@ -21,8 +21,10 @@ from workers.schedules import SCHEDULES
 
 BUDGET_UNITS = ("epochs", "full_epochs", "steps")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-AUGMENTATIONS = ("none", "crop", "crop_flip")
+AUGMENTATIONS = ("none", "crop", "crop_flip", "rrc_flip")
+TEACHER_NORMALIZATIONS = ("auto", "dataset", "imagenet")
 KD_BACKENDS = ("online", "stored")
+PRECISIONS = ("auto", "fp32", "bf16")
 SOFT = ("sl", "sl_kd")  # the regimes that read soft-label settings
 
 
@@ -115,6 +117,12 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "kd_min_scale": Option(
         0.08, float, "sl_kd views: RandomResizedCrop scale lower bound", above=0.0, max=1.0, only_for=("sl_kd",)
     ),
+    # the CUDA fast path (workers/accel.py); on a CPU auto is fp32 and NCHW, so CPU results are unchanged
+    "precision": Option("auto", str, "auto: bf16 autocast on a GPU that has it, else fp32", choices=PRECISIONS),
+    "channels_last": Option(
+        "auto", str, "memory format of conv nets; auto: channels_last on a GPU", choices=("auto", "yes", "no")
+    ),
+    "compile": Option(False, bool, "torch.compile the student (opt-in: compiling takes minutes, pays on long runs)"),
 }
 _T = {k: o.default for k, o in TRAIN_OPTIONS.items()}
 
@@ -136,6 +144,9 @@ class TrainConfig:
     kd_backend: str = _T["kd_backend"]
     kd_topk: int = _T["kd_topk"]
     kd_min_scale: float = _T["kd_min_scale"]
+    precision: str = _T["precision"]
+    channels_last: str = _T["channels_last"]
+    compile: bool = _T["compile"]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +183,13 @@ TEACHER_OPTIONS: dict[str, Option] = {
     "augment": Option("crop", str, "views when trained here", choices=AUGMENTATIONS),
     "seed": Option(0, int, "the teacher's own seed (init, order, views)", min=0),
     "min_top1_factor": Option(5.0, float, "refuse a teacher whose minival top-1 is below this x chance", min=0.0),
+    "normalize": Option(
+        "auto",
+        str,
+        "the teacher's input normalisation: the data set's channel statistics, or ImageNet's mean/std (torchvision "
+        "weights); auto: imagenet for resnet18 weights loaded from a file at >= 64 px on 3 channels, else dataset",
+        choices=TEACHER_NORMALIZATIONS,
+    ),
 }
 _TT = {k: o.default for k, o in TEACHER_OPTIONS.items()}
 
@@ -191,6 +209,7 @@ class TeacherConfig:
     augment: str = _TT["augment"]
     seed: int = _TT["seed"]
     min_top1_factor: float = _TT["min_top1_factor"]
+    normalize: str = _TT["normalize"]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -310,13 +329,45 @@ class ArtifactKey:
 # A later schema adds "id_schema": N to what is hashed, and `ddsweep migrate` re-keys a store.
 ID_SCHEMA = 1
 
+
 # Settings added after schema 1, each with the value that reproduces the behaviour from before it existed.
 # While a setting holds that value it is left out of the identity, so adding it leaves every existing id
 # unchanged. Keys are paths into TrialConfig.to_json(): ("train", key), ("scoring", key), ("teacher", key),
 # (field,) for a new top-level field, and (section, name, option) for the options of a named entry:
 # ("selector", "el2n", "schedule_epochs"), ("student", "resnet18", ...), ("dataset", "imagefolder", ...).
 # A setting added without an entry here changes ids, and the golden-id test (tests/test_trial_ids.py) fails.
-NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {}
+class SameAs:
+    """A neutral value that is another option of the same entry (a cache crop that defaults to image_size)."""
+
+    def __init__(self, option: str) -> None:
+        self.option = option
+
+    def __repr__(self) -> str:
+        return f"SameAs({self.option!r})"
+
+
+NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
+    # issue #11: the cache's resolution, filter, val label file, bad-file policy and shard size; before them
+    # imagefolder decoded the shorter side to image_size, centre crop image_size, bilinear, val in class folders.
+    ("dataset", "imagefolder", "train_resize"): SameAs("image_size"),
+    ("dataset", "imagefolder", "train_crop"): SameAs("image_size"),
+    ("dataset", "imagefolder", "val_resize"): SameAs("image_size"),
+    ("dataset", "imagefolder", "val_crop"): SameAs("image_size"),
+    ("dataset", "imagefolder", "interpolation"): "bilinear",
+    ("dataset", "imagefolder", "val_labels"): None,
+    ("dataset", "imagefolder", "skip_bad_files"): False,
+    ("dataset", "imagefolder", "shard_size"): 1024,
+    # issue #11: a teacher's input normalisation; auto is the data set's statistics except for torchvision-style
+    # resnet18 weights at ImageNet sizes (docs/methods.md §3)
+    ("teacher", "normalize"): "auto",
+    # issue #12: the CUDA fast path; auto is fp32 and NCHW on a CPU, where every earlier row ran
+    ("train", "precision"): "auto",
+    ("train", "channels_last"): "auto",
+    ("train", "compile"): False,
+    ("scoring", "precision"): "auto",
+    ("scoring", "channels_last"): "auto",
+    ("scoring", "compile"): False,
+}
 
 
 def trial_identity(d: Mapping[str, Any], neutral: Mapping[tuple[str, ...], Any] | None = None) -> dict[str, Any]:
@@ -399,6 +450,15 @@ def _section_json(key: str, part: Any, regime: str) -> str | None:
     return cache[cache_key]
 
 
+def identity_json(section: str, part: Any) -> str:
+    """Canonical JSON of a config part in the form trial ids hash it: settings added since schema 1 that hold
+    their neutral value are left out. Artifact keys use it too, so an upgrade that adds a setting keeps the
+    keys of existing artifacts (a teacher is not retrained because its config grew a field)."""
+    out = _section_json(section, part, "")
+    assert out is not None, (section, part)
+    return out
+
+
 def canonical_of(part: Any) -> str:
     """Canonical JSON of a config part (its to_json), cached on the part: artifact keys reuse it."""
     cache = part.__dict__.setdefault("_identity_json", {})
@@ -417,7 +477,8 @@ def _drop_if(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
         section = d.get(path[0]) if path[0] != "teacher.arch" else (d.get("teacher") or {}).get("arch")
         if isinstance(section, dict) and section.get("name") == path[1]:
             opts = section.get("options", {})
-            if path[2] in opts and opts[path[2]] == value:
+            same = isinstance(value, SameAs)
+            if path[2] in opts and (opts.get(value.option) if same else value) == opts[path[2]]:
                 del opts[path[2]]
         return
     *parents, key = path

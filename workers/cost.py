@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from workers.budget import plan
 from workers.catalogue import SELECTORS, dataset_facts
 from workers.config import ArtifactKey, TeacherConfig, TrialConfig
+from workers.graph import bytes_written
 
 INFER_COST = 1 / 3  # a forward pass, relative to a training step (forward + backward)
 FP16, FLOAT32, INT64 = 2, 4, 8
@@ -48,6 +49,11 @@ def _eval_images(facts: dict, dataset_opts: dict) -> int:
 def stage_cost(key: ArtifactKey) -> Cost:
     """The images a shared stage processes and the bytes it writes."""
     cfg = key.cfg
+    if key.kind in ("shard", "kd_epoch"):  # decoded images (CPU work) / one epoch of stored teacher labels
+        n = cfg["rows"] if key.kind == "shard" else _kd_views(cfg)
+        return Cost(infer=0 if key.kind == "shard" else n, disk=bytes_written(key) or 0)
+    if key.kind in ("cache", "kd_labels"):  # manifests over their parts
+        return Cost()
     if key.kind == "teacher":
         facts = _facts(cfg["dataset"])
         t = TeacherConfig.from_json(cfg["teacher"])
@@ -55,9 +61,9 @@ def stage_cost(key: ArtifactKey) -> Cost:
         minival = cfg["dataset"].get("options", {}).get("minival_per_class", 0) * len(facts["class_names"])
         trained = 0 if t.weights else plan_images("epochs", t.epochs, n, n, t.batch_size)
         return Cost(train=trained, infer=minival, disk=0)
-    if key.kind == "features":
-        facts = _facts(cfg["teacher"]["dataset"])
-        return Cost(infer=facts["num_train"], disk=facts["num_train"] * 512 * FP16)  # D <= 512 for our archs
+    if key.kind in ("features", "features_part"):  # parts run the teacher; the merge writes a copy
+        rows = _facts(cfg["teacher"]["dataset"])["num_train"] if key.kind == "features" else cfg["stop"] - cfg["start"]
+        return Cost(infer=rows if key.kind == "features_part" else 0, disk=rows * 512 * FP16)  # D <= 512 here
     if key.kind == "dynamics":
         facts = _facts(cfg["dataset"])
         n, epochs = facts["num_train"], cfg["epochs"]
@@ -81,6 +87,14 @@ def stage_cost(key: ArtifactKey) -> Cost:
     return Cost()
 
 
+def _kd_views(cfg: dict) -> int:
+    """Views (= teacher forwards) in one epoch of stored SL+KD labels: the subset's images."""
+    subset = cfg["labels"]["subset"]
+    facts = _facts(subset["dataset"])
+    balanced = SELECTORS[subset["selector"]["name"]].balanced
+    return subset["ipc"] * len(facts["class_names"]) if balanced else facts["num_train"]
+
+
 def plan_images(unit: str, value: float, n_subset: int, n_full: int, batch: int) -> int:
     from workers.config import BudgetConfig
 
@@ -97,13 +111,9 @@ def trial_cost(trial: TrialConfig) -> Cost:
     infer = trial.train.eval_points * _eval_images(facts, trial.dataset.opts)
     if trial.regime == "sl":
         infer += n_data  # one label per image
-    disk = 4096  # a row is a few kB
-    if trial.regime == "sl_kd":
-        infer += p.images_seen  # a teacher label for every view (online, or stored up front)
-        if trial.train.kd_backend == "stored":
-            k = trial.train.kd_topk
-            disk += p.images_seen * (k * (FP16 + 2) if 0 < k < classes else classes * FP16)
-    return Cost(train=p.images_seen, infer=infer, disk=disk)
+    if trial.regime == "sl_kd" and trial.train.kd_backend == "online":
+        infer += p.images_seen  # a teacher label for every view; `stored` labels are their own stages
+    return Cost(train=p.images_seen, infer=infer, disk=4096)  # a row is a few kB
 
 
 def gpu_hours(train_equivalent: float, images_per_second: float) -> float:

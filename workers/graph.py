@@ -1,5 +1,8 @@
 """The artifact graph: which shared stages a trial needs, their content-addressed keys, their dependencies.
 
+A cached data set (imagefolder) adds its `cache` (and the cache its `shard`s) to the dependencies of every
+stage and trial that reads it; digits has none, so its keys and trial ids are those of before.
+
 No torch. A key hashes exactly the config that produces the artifact (docs/design.md §4), so a
 stage is built once and shared by every trial and sweep that needs the same thing: a subset never
 depends on the regime, nor on what its selector does not read.
@@ -8,10 +11,14 @@ depends on the regime, nor on what its selector does not read.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
+from typing import Any
 
-from workers.catalogue import REGIMES, SELECTORS, STAGES
+from workers.budget import plan
+from workers.catalogue import DATASETS, REGIMES, SELECTORS, STAGES, dataset_facts
 from workers.config import (
     ArtifactKey,
     DatasetConfig,
@@ -20,15 +27,46 @@ from workers.config import (
     TrainConfig,
     TrialConfig,
     canonical_json,
-    canonical_of,
+    identity_json,
 )
+
+
+def cache_key(dataset: DatasetConfig | Mapping[str, Any]) -> ArtifactKey | None:
+    """The `cache` artifact of a cached data set (imagefolder), None for one held in memory (digits). Its key is
+    the decode rule (root, listing digest, sizes, filter, shard size) and the rows per split, from the data
+    set's torch-free facts (docs/design.md §4)."""
+    d = dataset if isinstance(dataset, DatasetConfig) else DatasetConfig.from_json(dataset)
+    if not DATASETS[d.name].cached:
+        return None
+    cache = d.__dict__.setdefault("_cache_key", {})  # per config object: a grid's trials share it
+    if "key" not in cache:
+        cache["key"] = ArtifactKey.make("cache", dataset_facts(d.name, d.root, d.opts)["cache"])
+    return cache["key"]
+
+
+def shard_keys(cache: ArtifactKey) -> list[ArtifactKey]:
+    """The shards of a cache: per split, ceil(rows / shard_size) of them, each its own stage."""
+    rule = cache.cfg["rule"]
+    size = rule["shard_size"]
+    return [
+        ArtifactKey.make("shard", {"rule": rule, "split": split, "index": i, "rows": min(size, n - i * size)})
+        for split, n in cache.cfg["splits"].items()
+        for i in range(math.ceil(n / size))
+    ]
+
+
+def _with_cache(dataset: Mapping[str, Any], keys: list[ArtifactKey]) -> list[ArtifactKey]:
+    ckey = cache_key(dataset)
+    return keys if ckey is None else [ckey, *keys]
 
 
 def teacher_key(dataset: DatasetConfig, teacher: TeacherConfig) -> ArtifactKey:
     cache = teacher.__dict__.setdefault("_keys", {})  # per teacher object, by data set (checked by identity)
     hit = cache.get(id(dataset))
     if hit is None or hit[0] is not dataset:
-        key = ArtifactKey.from_parts("teacher", {"dataset": canonical_of(dataset), "teacher": canonical_of(teacher)})
+        key = ArtifactKey.from_parts(
+            "teacher", {"dataset": identity_json("dataset", dataset), "teacher": identity_json("teacher", teacher)}
+        )
         hit = cache[id(dataset)] = (dataset, key)
     return hit[1]
 
@@ -37,12 +75,28 @@ def features_key(tkey: ArtifactKey) -> ArtifactKey:
     return ArtifactKey.from_parts("features", {"teacher": tkey.config_json})
 
 
+# Rows per `features_part` stage: the teacher's features of a large train split are computed by parallel tasks of
+# this many rows each (ImageNet-1K: 20 parts); a split this size or smaller is one part.
+INFERENCE_PART_ROWS = 65_536
+
+
+def features_part_keys(fkey: ArtifactKey) -> list[ArtifactKey]:
+    """The parts of a `features` artifact: train rows [start, stop), in order, each its own stage. The features
+    key itself does not hold the part size, so the merged artifact is the same however it was cut."""
+    dataset = fkey.cfg["teacher"]["dataset"]
+    n = dataset_facts(dataset["name"], dataset.get("root"), dataset.get("options", {}))["num_train"]
+    return [
+        ArtifactKey.make("features_part", {"features": fkey.cfg, "start": s, "stop": min(n, s + INFERENCE_PART_ROWS)})
+        for s in range(0, n, INFERENCE_PART_ROWS)
+    ]
+
+
 def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int) -> ArtifactKey:
     return ArtifactKey.from_parts(
         "dynamics",
         {
-            "dataset": canonical_of(dataset),
-            "arch": canonical_of(arch),
+            "dataset": identity_json("dataset", dataset),
+            "arch": identity_json("student", arch),
             "epochs": str(int(epochs)),
             "run": str(int(run)),
             "recipe": _score_recipe(recipe),
@@ -88,14 +142,14 @@ def subset_key(trial: TrialConfig) -> ArtifactKey:
         key = ArtifactKey.from_parts(
             "subset",
             {
-                "dataset": canonical_of(trial.dataset),
-                "selector": canonical_of(trial.selector),
+                "dataset": identity_json("dataset", trial.dataset),
+                "selector": identity_json("selector", trial.selector),
                 "ipc": str(int(trial.ipc)),
                 "seed": str(int(trial.seed)),
                 "inputs": sel["inputs_json"],
             },
         )
-        key.__dict__["_deps"] = list(sel["keys"])  # stage_deps without parsing the key back
+        key.__dict__["_deps"] = _with_cache(trial.dataset, list(sel["keys"]))  # stage_deps without parsing it
         sel["subsets"][trial.seed] = key
     return sel["subsets"][trial.seed]
 
@@ -133,24 +187,97 @@ def _inputs(trial: TrialConfig) -> tuple[ArtifactKey, ...]:
     return tuple(keys)
 
 
+def train_epochs(trial: TrialConfig) -> int:
+    """Epochs over its training images a trial walks (the last one may be partial), from the data set's facts:
+    n = IPC x C images (the `full` selector: the N of the train split) under the trial's budget."""
+    facts = dataset_facts(trial.dataset.name, trial.dataset.root, trial.dataset.opts)
+    n_subset, n_full = trial.ipc * len(facts["class_names"]), facts["num_train"]
+    n_data = n_subset if SELECTORS[trial.selector.name].balanced else n_full
+    p = plan(trial.budget, n_subset, n_full, trial.train.batch_size, n_data)
+    return math.ceil(p.images_seen / n_data)
+
+
+def kd_labels_key(trial: TrialConfig) -> ArtifactKey | None:
+    """Stored SL+KD labels (docs/methods.md §9) of a `sl_kd` trial with `kd_backend: stored`: keyed by the subset,
+    the teacher, the trial seed, the view parameters (kd_min_scale; the views' side is the data set's), top-k and
+    the number of epochs. Each epoch is its own `kd_epoch` stage, shared by every trial that needs it."""
+    if trial.regime != "sl_kd" or trial.train.kd_backend != "stored" or trial.teacher is None:
+        return None
+    labels = {
+        "subset": subset_key(trial).cfg,
+        "teacher": teacher_key(trial.dataset, trial.teacher).cfg,
+        "seed": trial.seed,
+        "min_scale": trial.train.kd_min_scale,
+        "topk": trial.train.kd_topk,
+    }
+    return ArtifactKey.make("kd_labels", {"labels": labels, "epochs": train_epochs(trial)})
+
+
+def kd_epoch_keys(labels: ArtifactKey) -> list[ArtifactKey]:
+    """One `kd_epoch` stage per epoch of a `kd_labels` set; an epoch's key does not hold the number of epochs, so
+    a longer budget reuses the epochs a shorter one built."""
+    return [
+        ArtifactKey.make("kd_epoch", {"labels": labels.cfg["labels"], "epoch": e}) for e in range(labels.cfg["epochs"])
+    ]
+
+
 def requires(trial: TrialConfig) -> list[ArtifactKey]:
     """Artifacts a trial needs before it starts (docs/design.md §4)."""
     keys = [subset_key(trial)]
     if trial.teacher is not None:
         keys.append(teacher_key(trial.dataset, trial.teacher))
+    ckey = cache_key(trial.dataset)
+    if ckey is not None:
+        keys.append(ckey)
+    kkey = kd_labels_key(trial)
+    if kkey is not None:
+        keys.append(kkey)
     return keys
 
 
 def stage_deps(key: ArtifactKey) -> list[ArtifactKey]:
     """Artifacts a stage needs before it can be built; the driver builds in dependency order."""
-    if "_deps" in key.__dict__:
+    if "_deps" in key.__dict__:  # set where the key is made (subset_key): no parsing back
         return key.__dict__["_deps"]
     cfg = key.cfg
     if key.kind == "subset":
-        return [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])]
+        return _with_cache(cfg["dataset"], [ArtifactKey.make(i["kind"], i["config"]) for i in cfg.get("inputs", [])])
     if key.kind == "features":
-        return [ArtifactKey.make("teacher", cfg["teacher"])]
+        return features_part_keys(key)
+    if key.kind == "features_part":
+        teacher = cfg["features"]["teacher"]
+        return _with_cache(teacher["dataset"], [ArtifactKey.make("teacher", teacher)])
+    if key.kind in ("teacher", "dynamics"):
+        return _with_cache(cfg["dataset"], [])
+    if key.kind == "cache":
+        return shard_keys(key)
+    if key.kind == "kd_labels":
+        return kd_epoch_keys(key)
+    if key.kind == "kd_epoch":
+        labels = key.cfg["labels"]
+        subset, teacher = ArtifactKey.make("subset", labels["subset"]), ArtifactKey.make("teacher", labels["teacher"])
+        return _with_cache(labels["subset"]["dataset"], [subset, teacher])
     return []
+
+
+def bytes_written(key: ArtifactKey) -> int | None:
+    """What a data stage writes, estimated without torch from its key and the data set's facts: a shard's images
+    (uint8, 3 x side^2 each), a kd_epoch's labels (n x 2C bytes of fp16 logits, or n x 4k with top-k). None for
+    the kinds whose size is not estimated here (a cache or a kd_labels set is the sum of its dependencies)."""
+    cfg = key.cfg
+    if key.kind == "shard":
+        side = cfg["rule"]["train" if cfg["split"] == "train" else "val"][1]
+        return cfg["rows"] * 3 * side * side
+    if key.kind == "kd_epoch":
+        labels = cfg["labels"]
+        subset = labels["subset"]
+        d = DatasetConfig.from_json(subset["dataset"])
+        facts = dataset_facts(d.name, d.root, d.opts)
+        classes = len(facts["class_names"])
+        n = subset["ipc"] * classes if SELECTORS[subset["selector"]["name"]].balanced else facts["num_train"]
+        k = labels["topk"]
+        return n * (4 * k if 0 < k < classes else 2 * classes)
+    return None
 
 
 def stage_uses_accelerator(key: ArtifactKey) -> bool:

@@ -6,9 +6,10 @@
 - `sl_kd`: a fresh teacher label for every augmented view: per (epoch, sample) a RandomResizedCrop
   + flip view, CutMix with a partner sample, target softmax(teacher(mixed view)/T). Back-ends:
   `online` (teacher forward on every batch) and `stored` (FKD-style: every (epoch, sample) label
-  precomputed as fp16 logits, optionally top-k). Every view parameter is a counter-based draw of
-  (seed, epoch, sample id), so a view does not depend on the batch it lands in, the batch size or
-  the worker count; both back-ends see identical views and targets up to fp16.
+  precomputed as fp16 logits, optionally top-k, in the `kd_labels` artifact on disk, a file per
+  epoch: workers.kd_labels). Every view parameter is a counter-based draw of (seed, epoch, sample
+  id), so a view does not depend on the batch it lands in, the batch size or the worker count; both
+  back-ends see identical views and targets up to fp16.
 
 Loss convention (docs/methods.md §1.4): kl_div(log_softmax(s/T), softmax(t/T), "batchmean"), times T^2
 only when `t2_scale` is set. Default off, as SRe2L/RDED/DD-Ranking: with Adam/AdamW (the soft-label
@@ -27,11 +28,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.accel import autocast, channels_last, resolve_precision, use_channels_last
 from workers.config import AUGMENTATIONS, TrainConfig
 from workers.seeding import counter_uniform
 
 
 # ------------------------------------------------------------------ augmentation shared by hl and sl
+def center_crop(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The centre side x side crop of (B, C, H, W) images (torchvision's CenterCrop offsets); unchanged when
+    they already have that side. The un-augmented view of an image cached larger than the model's input."""
+    h, w = x.shape[-2:]
+    if (h, w) == (side, side):
+        return x
+    if side > h or side > w:
+        raise ValueError(f"cannot centre-crop {h}x{w} images to {side}x{side}; the cache must be at least image_size")
+    top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+    return x[..., top : top + side, left : left + side]
+
+
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random translation by up to side/8 px per image, zero padding."""
     b, c, h, w = x.shape
@@ -46,24 +60,61 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[batch, chan, rows, cols]
 
 
+def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
 def _shift_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The shift, then a horizontal flip of each image with probability 1/2."""
-    out = _shift(x, gen)
-    flip = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+    return _flip(_shift(x, gen), gen)
 
 
-_AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "none": lambda x, gen: x,
-    "crop": _shift,
-    "crop_flip": _shift_flip,
+RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
+def resized_crops(x: torch.Tensor, w, h, cx, cy, flip, side: int) -> torch.Tensor:
+    """Boxes (width w, height h, centre cx, cy as fractions of the image; flip -1/+1) of the images x, resampled
+    bilinearly to side x side (reflection padding at the border)."""
+    b = len(x)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = w * flip
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [b, x.shape[1], side, side], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _rrc_flip(x: torch.Tensor, gen: torch.Generator, side: int) -> torch.Tensor:
+    """RandomResizedCrop(side, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip, cut on the device from the
+    stored image: area and log-ratio uniform, the box clamped inside the image (as the SL+KD views), one draw
+    per image from `gen`."""
+    u = torch.rand(5, len(x), generator=gen, device=gen.device, dtype=torch.float64).to(x.device)
+    area = RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u[0]
+    log_r = math.log(RRC_RATIO[0]) + (math.log(RRC_RATIO[1]) - math.log(RRC_RATIO[0])) * u[1]
+    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    cx, cy = w / 2 + (1 - w) * u[2], h / 2 + (1 - h) * u[3]
+    flip = torch.where(u[4] < 0.5, -1.0, 1.0).to(torch.float64)
+    return resized_crops(x, *(v.float() for v in (w, h, cx, cy, flip)), side)
+
+
+# name -> view of a batch (x, generator, output side); the same-size views are centre-cropped to the side after.
+_AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator, int], torch.Tensor]] = {
+    "none": lambda x, gen, side: center_crop(x, side),
+    "crop": lambda x, gen, side: center_crop(_shift(x, gen), side),
+    "crop_flip": lambda x, gen, side: center_crop(_shift_flip(x, gen), side),
+    "rrc_flip": _rrc_flip,
 }
 assert set(_AUGMENT) == set(AUGMENTATIONS), "workers.config.AUGMENTATIONS and the views here must agree"
 
 
-def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip."""
-    return _AUGMENT[kind](x, gen)
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator, side: int | None = None) -> torch.Tensor:
+    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip, rrc_flip; `side`
+    is the model's input side (default: the images' own)."""
+    return _AUGMENT[kind](x, gen, side or int(x.shape[-1]))
 
 
 def kl_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, T: float, t2_scale: bool) -> torch.Tensor:
@@ -96,8 +147,8 @@ class HardLabels(Regime):
     name = "hl"
 
     def loss(self, student, data, pos, epoch, aug_gen):
-        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen))
-        return F.cross_entropy(logits, data.y[pos]), logits
+        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen, data.input_side))
+        return F.cross_entropy(logits, data.labels(pos)), logits
 
 
 class TeacherRegime(Regime):
@@ -106,10 +157,17 @@ class TeacherRegime(Regime):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        device = next(self.teacher.parameters()).device
+        if use_channels_last(cfg.channels_last, device):
+            channels_last(self.teacher)
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        return torch.cat([self.teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        """The frozen teacher's logits under torch.inference_mode (and bf16 autocast when the trial trains in
+        bf16), returned as a float32 tensor autograd may use as a target."""
+        with torch.inference_mode(), autocast(resolve_precision(self.cfg.precision, x.device), x.device):
+            out = torch.cat([self.teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        return out.float().clone()  # outside inference mode: a normal tensor
 
 
 class FixedSoftLabels(TeacherRegime):
@@ -117,14 +175,17 @@ class FixedSoftLabels(TeacherRegime):
 
     name = "sl"
 
-    def prepare(self, data, num_epochs: int) -> None:
-        all_pos = torch.arange(len(data.y), device=data.x.device)
-        self.q = F.softmax(self.teacher_logits(data.float_batch(all_pos)) / self.cfg.temperature, dim=1)
+    def prepare(self, data, num_epochs: int, chunk: int = 1024) -> None:
+        n = len(data.y)
+        logits = [
+            self.teacher_logits(data.clean_batch(data.positions(s, min(n, s + chunk)))) for s in range(0, n, chunk)
+        ]
+        self.q = F.softmax(torch.cat(logits) / self.cfg.temperature, dim=1)
         self.soft_label_bytes = self.q.numel() * 4
 
     def loss(self, student, data, pos, epoch, aug_gen):
-        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen))
-        return kl_loss(logits, self.q[pos], self.cfg.temperature, self.cfg.t2_scale), logits
+        logits = student(augment(data.float_batch(pos), self.cfg.augment, aug_gen, data.input_side))
+        return kl_loss(logits, self.q[pos.to(self.q.device)], self.cfg.temperature, self.cfg.t2_scale), logits
 
 
 # ------------------------------------------------------------------ SL+KD views
@@ -187,15 +248,9 @@ class KDViews:
         return self._params
 
     def crops(self, x: torch.Tensor, pos: torch.Tensor, p: dict) -> torch.Tensor:
-        """RandomResizedCrop + flip of the images x (already float) with the boxes of positions pos."""
-        b = len(pos)
-        theta = torch.zeros(b, 2, 3, device=x.device)
-        theta[:, 0, 0] = p["w"][pos] * p["flip"][pos]
-        theta[:, 0, 2] = 2 * p["cx"][pos] - 1
-        theta[:, 1, 1] = p["h"][pos]
-        theta[:, 1, 2] = 2 * p["cy"][pos] - 1
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        """RandomResizedCrop + flip of the images x (already float, any stored side) with the boxes of positions
+        pos, resampled to the views' side."""
+        return resized_crops(x, p["w"][pos], p["h"][pos], p["cx"][pos], p["cy"][pos], p["flip"][pos], self.side)
 
     def mixed(self, data, pos: torch.Tensor, epoch: int) -> torch.Tensor:
         p = self.params(epoch)
@@ -210,57 +265,81 @@ class KDViews:
         return torch.where(mask, other, mine)
 
 
+@torch.no_grad()
+def view_logits(teacher: nn.Module, views: KDViews, data, epoch: int, topk: int = 0, chunk: int = 1024):
+    """The stored SL+KD labels of one epoch, `chunk` subset positions at a time: (fp16 logits,) of every mixed
+    view, or (fp16 values, int16 class ids) of its `topk` largest logits when 0 < topk < C. On the CPU."""
+    n = len(data.y)
+    for s in range(0, n, chunk):
+        x = views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.device), epoch)
+        logits = torch.cat([teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)]).half().cpu()
+        if topk and topk < logits.shape[1]:
+            top = logits.topk(topk, dim=1)
+            yield (top.values, top.indices.to(torch.int16))
+        else:
+            yield (logits,)
+
+
+def reconstruct_topk(values: torch.Tensor, idx: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Full logits from the k stored ones of each view (docs/methods.md §9): every missing class gets the smallest
+    stored logit of its view. (The target is then softmax(z/T) as for full logits.)"""
+    full = values.min(dim=1, keepdim=True).values.expand(-1, num_classes).clone()
+    return full.scatter(1, idx, values)
+
+
+def topk_uniform(logits: torch.Tensor, k: int, T: float) -> torch.Tensor:
+    """The alternative reconstruction compared in benchmarks/soft_labels.py: the exact softmax(z/T) probabilities of
+    the k largest logits, and the rest of the probability spread evenly over the other classes (storing it takes
+    the k values, their ids and the remaining mass per view)."""
+    p = F.softmax(logits / T, dim=1)
+    top = p.topk(k, dim=1)
+    rest = (1 - top.values.sum(dim=1, keepdim=True)).clamp_min(0) / max(p.shape[1] - k, 1)
+    return rest.expand_as(p).clone().scatter(1, top.indices, top.values)
+
+
 class FreshSoftLabels(TeacherRegime):
-    """`sl_kd`: a teacher label for every augmented, mixed view; `online` or `stored` back-end."""
+    """`sl_kd`: a teacher label for every augmented, mixed view; `online` or `stored` back-end.
+
+    `stored` replays the labels of the `kd_labels` artifact (workers.kd_labels), one epoch at a time: `labels`
+    is its reader (`epoch(e)` -> the stored tensors of epoch e, `bytes`)."""
 
     name = "sl_kd"
 
-    def prepare(self, data, num_epochs: int) -> None:
-        self.views = KDViews(
-            len(data.y), data.x.shape[-1], self.seed, self.cfg.kd_min_scale, data.x.device, ids=data.ids
-        )
-        self.stored = None
-        if self.cfg.kd_backend == "stored":
-            self.stored = [self._store_epoch(data, e) for e in range(num_epochs)]
-            self.soft_label_bytes = sum(sum(t.numel() * t.element_size() for t in s) for s in self.stored)
+    def __init__(self, cfg: TrainConfig, seed: int, teacher: nn.Module, labels=None) -> None:
+        super().__init__(cfg, seed, teacher)
+        self.labels = labels
 
-    def _store_epoch(self, data, epoch: int, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
-        # Views in chunks, labels kept on the CPU: the store can be GBs (docs/methods.md §9), the device is not.
-        n = len(data.y)
-        logits = torch.cat(
-            [
-                self.teacher_logits(
-                    self.views.mixed(data, torch.arange(s, min(n, s + chunk), device=data.x.device), epoch)
+    def prepare(self, data, num_epochs: int) -> None:
+        self.views = KDViews(len(data.y), data.input_side, self.seed, self.cfg.kd_min_scale, data.device, ids=data.ids)
+        if self.cfg.kd_backend == "stored":
+            if self.labels is None:
+                raise ValueError("kd_backend stored replays the kd_labels artifact; pass its reader as labels=")
+            if self.labels.epochs < num_epochs or self.labels.n != len(data.y):
+                raise ValueError(
+                    f"the stored SL+KD labels cover {self.labels.epochs} epochs of {self.labels.n} images; this "
+                    f"training needs {num_epochs} epochs of {len(data.y)}"
                 )
-                .half()
-                .cpu()
-                for s in range(0, n, chunk)
-            ]
-        )
-        k = self.cfg.kd_topk
-        if k and k < logits.shape[1]:
-            top = logits.topk(k, dim=1)
-            return (top.values, top.indices.to(torch.int16))
-        return (logits,)
+            self.soft_label_bytes = self.labels.bytes
 
     def _stored_logits(self, pos: torch.Tensor, epoch: int, num_classes: int) -> torch.Tensor:
-        entry = self.stored[epoch]
+        """The stored logits of positions pos (top-k: missing classes at the smallest stored logit)."""
+        entry = self.labels.epoch(epoch)
         cpu_pos = pos.cpu()
         if len(entry) == 1:
             return entry[0][cpu_pos].float().to(pos.device)
         values, idx = entry[0][cpu_pos].float().to(pos.device), entry[1][cpu_pos].long().to(pos.device)
-        # Missing classes get the smallest stored logit (docs/methods.md §9, reconstruction).
-        full = values.min(dim=1, keepdim=True).values.expand(-1, num_classes).clone()
-        return full.scatter(1, idx, values)
+        return reconstruct_topk(values, idx, num_classes)
+
+    def _stored_targets(self, pos: torch.Tensor, epoch: int, num_classes: int) -> torch.Tensor:
+        return F.softmax(self._stored_logits(pos, epoch, num_classes) / self.cfg.temperature, dim=1)
 
     def loss(self, student, data, pos, epoch, aug_gen):
         x = self.views.mixed(data, pos, epoch)
         logits = student(x)
-        if self.stored is not None:
-            t = self._stored_logits(pos, epoch, logits.shape[1])
+        if self.cfg.kd_backend == "stored":
+            target = self._stored_targets(pos, epoch, logits.shape[1])
         else:
-            t = self.teacher_logits(x)
-        target = F.softmax(t / self.cfg.temperature, dim=1)
+            target = F.softmax(self.teacher_logits(x) / self.cfg.temperature, dim=1)
         return kl_loss(logits, target, self.cfg.temperature, self.cfg.t2_scale), logits
 
 
@@ -272,5 +351,5 @@ def sl(cfg: TrainConfig, seed: int, teacher: nn.Module | None = None) -> Regime:
     return FixedSoftLabels(cfg, seed, teacher)
 
 
-def sl_kd(cfg: TrainConfig, seed: int, teacher: nn.Module | None = None) -> Regime:
-    return FreshSoftLabels(cfg, seed, teacher)
+def sl_kd(cfg: TrainConfig, seed: int, teacher: nn.Module | None = None, labels=None) -> Regime:
+    return FreshSoftLabels(cfg, seed, teacher, labels)

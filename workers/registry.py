@@ -45,6 +45,8 @@ class Entry:
 class DatasetEntry(Entry):
     describe: str = ""  # "module:attr" of a torch-free function (root, **options) -> facts for validation
     needs_root: bool = False
+    cached: bool = False  # decoded once into a `cache` artifact (sharded) that its readers depend on
+    derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # fills options that default to others
     root_doc: str = "the folder that holds train/ and val/"  # what `dataset.root` must point at
 
     def facts(self, root: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,6 +89,7 @@ class SelectorEntry(Entry):
 @dataclass(frozen=True)
 class StageEntry(Entry):
     uses_accelerator: bool = True  # trains or runs a network: gets the trial's GPU
+    cpus: float | None = None  # CPUs of its task; None: the trial's cpus_per_trial
 
 
 E = TypeVar("E", bound=Entry)

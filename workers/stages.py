@@ -1,7 +1,9 @@
 """Shared stages: build one (its dependencies first), and the `subset` builder (a selection or a distiller).
 
 Every builder takes (key, store, tmp_dir), writes its files into tmp_dir and returns extra manifest
-fields; the store publishes the folder atomically (docs/design.md §4).
+fields; the store publishes the folder atomically (docs/design.md §4). This module itself is numpy only,
+so a process that builds `shard` and `cache` stages or selects from stored scores never loads torch;
+the distiller path imports the teacher code when it runs.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ from workers.artifacts import ArtifactStore
 from workers.catalogue import SELECTORS, STAGES
 from workers.config import ArtifactKey, Named
 from workers.data import load_splits
+from workers.data.shards import ShardedImages
 from workers.distillers import DistillContext
 from workers.graph import stage_deps
-from workers.models import pick_device
 from workers.selectors import SelectContext
 from workers.selectors.cad import cad_scores
-from workers.teacher import load_teacher
 
 
 def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
     cfg = key.cfg
-    splits = load_splits(cfg["dataset"])
+    splits = load_splits(cfg["dataset"], store)
     sel = Named.make(cfg["selector"]["name"], cfg["selector"]["options"])
     inputs = stage_deps(key)
     features = [k for k in inputs if k.kind == "features"]
@@ -56,31 +57,41 @@ def build_subset(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str,
 
 
 def _distill(key: ArtifactKey, store: ArtifactStore, out: Path, splits, sel: Named, inputs) -> dict[str, Any]:
-    """Synthetic training images: images.npy (uint8) + labels.npy, exactly IPC per class."""
+    """Synthetic training images: images.npy (uint8) + labels.npy, exactly IPC per class, at the model's input
+    side (a distiller reads the centre crops of images cached larger)."""
+    from workers.models import pick_device
+    from workers.teacher import load_teacher
+
     cfg = key.cfg
     device = pick_device()
     tkey = next(k for k in inputs if k.kind == "teacher")
     runs = [k for k in inputs if k.kind == "dynamics"]
-    x = splits.train_x.astype(np.float32) / 255.0
+    train_x = splits.train_x
+    if isinstance(train_x, ShardedImages):
+        mean, std = (v.astype(np.float32) for v in train_x.channel_stats())
+        train_x = train_x.cropped(splits.input_shape[-1])
+    else:
+        x = train_x.astype(np.float32) / 255.0
+        mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
     ctx = DistillContext(
-        train_x=splits.train_x,
+        train_x=train_x,
         train_y=splits.train_y,
         num_classes=splits.num_classes,
         ipc=cfg["ipc"],
         seed=cfg["seed"],
         method=sel,
-        mean=x.mean(axis=(0, 2, 3)),
-        std=np.maximum(x.std(axis=(0, 2, 3)), 1e-3),
+        mean=mean,
+        std=np.maximum(std, 1e-3),
         device=device,
         teacher=lambda: load_teacher(tkey, store, device),
         cad_scores=(lambda: cad_scores(np.load(store.path(runs[0]) / "prob_true.npy"), sel.opts)) if runs else None,
     )
     images, labels = SELECTORS[sel.name].load()(ctx)
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
-    if images.dtype != np.uint8 or images.shape[1:] != splits.train_x.shape[1:]:
+    if images.dtype != np.uint8 or images.shape[1:] != tuple(splits.input_shape):
         raise AssertionError(
             f"distiller {sel.name} returned {images.dtype} {images.shape}, expected uint8 "
-            f"(n, {', '.join(map(str, splits.train_x.shape[1:]))})"
+            f"(n, {', '.join(map(str, splits.input_shape))})"
         )
     counts = np.bincount(labels, minlength=splits.num_classes)
     if len(images) != len(labels) or np.any(counts != cfg["ipc"]):
@@ -113,12 +124,13 @@ def build(key: ArtifactKey, store: ArtifactStore) -> Path:
     return store.build(key, lambda tmp: STAGES[key.kind].load()(key, store, tmp))
 
 
-def load_training_set(
-    key: ArtifactKey, store: ArtifactStore, splits
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(images, labels, train indices or None for synthetic images) of a subset artifact."""
+def load_training_set(key: ArtifactKey, store: ArtifactStore, splits) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(images, labels, train indices or None for synthetic images) of a subset artifact. Real images of a
+    cached data set come as a lazy view of the shards (nothing read yet: the trial decides where they go)."""
     folder = store.path(key)
     if (folder / "images.npy").exists():
         return np.load(folder / "images.npy"), np.load(folder / "labels.npy"), None
     idx = np.load(folder / "indices.npy")
+    if isinstance(splits.train_x, ShardedImages):
+        return splits.train_x.take(idx), splits.train_y[idx], idx
     return splits.train_x[idx], splits.train_y[idx], idx

@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.accel import autocast, prepare, resolve_precision
 from workers.budget import BudgetPlan, epoch_batches
 from workers.config import OPTIMIZERS, TrainConfig
-from workers.regimes import Regime
+from workers.data.shards import ShardedImages
+from workers.regimes import Regime, center_crop
 from workers.schedules import lr_factor
 from workers.seeding import torch_generator
 from workers.storage import Storage
@@ -28,33 +30,152 @@ from workers.storage import Storage
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------ data on the device
+# ------------------------------------------------------------------ data on the device (or streamed to it)
+# A streamed batch holds at most this many bytes as float32 (and at most 1024 images): evaluation, teacher logits
+# and features, score-run records. $DDSWEEP_BATCH_BYTES overrides it (e.g. to bound memory in a test).
+STREAM_BATCH_BYTES = int(os.environ.get("DDSWEEP_BATCH_BYTES", 256 << 20))
+PLACEMENTS = ("auto", "device", "host", "stream")
+
+
+def stream_batch(image_shape, cap: int = 1024) -> int:
+    """Images per streamed batch for (C, H, W) images: `cap`, fewer when their float32 copy would pass
+    STREAM_BATCH_BYTES."""
+    per = 4 * int(np.prod(image_shape))
+    return max(1, min(cap, STREAM_BATCH_BYTES // per))
+
+
 @dataclass
 class Tensors:
-    """Images as uint8 on the device (GPU-resident for small subsets), normalised per batch."""
+    """uint8 images and labels for training or evaluation, normalised per batch on the compute device.
 
-    x: torch.Tensor
+    `x` is a uint8 tensor on the device (GPU-resident: small subsets), a uint8 tensor in host memory (pinned
+    when the device is a GPU) copied per batch, or a `ShardedImages` read per batch from the cache (the full
+    train split of a large data set). Every placement gives the same batches, so the same numbers.
+    `y`, `mean`, `std` live on the compute device. `side`: the model's input side when the stored images are
+    larger (workers.regimes cuts views of that side; evaluation takes the centre crop)."""
+
+    x: torch.Tensor | ShardedImages
     y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
     ids: torch.Tensor | None = None  # the images' indices in the train split (None: synthetic images)
+    side: int | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def input_side(self) -> int:
+        return self.side or int(self.x.shape[-1])
+
+    def positions(self, start: int, stop: int) -> torch.Tensor:
+        """Positions start..stop-1 where indexing `x` is cheapest (its own device; the CPU for shards)."""
+        where = self.x.device if isinstance(self.x, torch.Tensor) else "cpu"
+        return torch.arange(start, stop, device=where)
+
+    def uint8_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at positions idx, on the compute device."""
+        if isinstance(self.x, torch.Tensor):
+            if self.x.device == idx.device:
+                out = self.x[idx]
+            else:
+                out = self.x[idx.to(self.x.device)]
+        else:
+            out = torch.from_numpy(self.x[idx.cpu().numpy()])
+            if self.device.type == "cuda":
+                out = out.pin_memory()
+        return out if out.device == self.device else out.to(self.device, non_blocking=True)
 
     def float_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return (self.x[idx].float() / 255.0 - self.mean) / self.std
+        return (self.uint8_batch(idx).float() / 255.0 - self.mean) / self.std
+
+    def clean_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The un-augmented model input: the normalised images, centre-cropped to the input side."""
+        return center_crop(self.float_batch(idx), self.input_side)
+
+    def labels(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.y[idx.to(self.y.device)]
 
     @classmethod
-    def of(cls, x_uint8, y, mean: torch.Tensor, std: torch.Tensor, ids=None) -> Tensors:
-        """numpy uint8 images and int labels onto the device of `mean` (the train split's channel stats)."""
+    def of(
+        cls, x_uint8, y, mean: torch.Tensor, std: torch.Tensor, ids=None, side=None, placement: str = "auto"
+    ) -> Tensors:
+        """uint8 images and int labels for the device of `mean` (the train split's channel stats). `placement`:
+        device, host (pinned on a GPU box), stream (sharded images stay on disk), or auto (`choose_placement`)."""
+        device = mean.device
+        if placement == "auto":
+            placement = choose_placement(_nbytes(x_uint8), device)
+        if isinstance(x_uint8, ShardedImages) and placement == "stream":
+            x = x_uint8
+        else:
+            where = device if placement == "device" else torch.device("cpu")
+            x = _materialise(x_uint8, where, pin=placement == "host" and device.type == "cuda")
         return cls(
-            torch.as_tensor(np.ascontiguousarray(x_uint8)).to(mean.device),
-            torch.as_tensor(y).to(mean.device),
+            x,
+            torch.as_tensor(y).to(device),
             mean,
             std,
             None if ids is None else torch.as_tensor(np.asarray(ids, dtype=np.int64)),
+            side,
         )
 
 
+# The share of free device memory a training subset may take as uint8 (and of available host memory, for a
+# subset that does not fit on the device); the trial's TrialContext.device_fraction overrides it.
+DEVICE_FRACTION = 0.5
+
+
+def _nbytes(x) -> int:
+    return int(x.nbytes) if hasattr(x, "nbytes") else int(np.asarray(x).nbytes)
+
+
+def _available_host_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def choose_placement(nbytes: int, device, fraction: float | None = None) -> str:
+    """device when the images fit `fraction` of the free device memory, else host when they fit that fraction of
+    the available host memory, else stream. On a CPU the device is host memory."""
+    fraction = DEVICE_FRACTION if fraction is None else fraction
+    device = torch.device(device)
+    host = _available_host_bytes()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes <= fraction * free:
+            return "device"
+        return "host" if nbytes <= fraction * host else "stream"
+    return "device" if nbytes <= fraction * host else "stream"
+
+
+def _materialise(x, where: torch.device, pin: bool) -> torch.Tensor:
+    """A uint8 tensor of all of `x` on `where`; sharded images are read in batches straight into it."""
+    if not isinstance(x, ShardedImages):
+        t = torch.as_tensor(np.ascontiguousarray(x))
+        if pin:
+            return t.pin_memory()
+        return t.to(where)
+    out = torch.empty(tuple(x.shape), dtype=torch.uint8, device=where, pin_memory=pin)
+    for start, rows in x.batches(max(1, (64 << 20) // max(1, int(np.prod(x.shape[1:]))))):
+        out[start : start + len(rows)] = torch.from_numpy(rows).to(where)
+    return out
+
+
 def channel_stats(x_uint8, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of x / 255 (std clamped at 1e-3), shaped (1, C, 1, 1) on `device`. Images in
+    memory: one float32 pass, as always; sharded images: exact integer sums recorded by the cache build."""
+    if isinstance(x_uint8, ShardedImages):
+        m, s = x_uint8.channel_stats()
+        mean = torch.as_tensor(m, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.as_tensor(s, dtype=torch.float32).clamp_min(1e-3).view(1, -1, 1, 1)
+        return mean.to(device), std.to(device)
     x = torch.as_tensor(x_uint8, dtype=torch.float32) / 255.0
     mean = x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1)
@@ -76,17 +197,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 # ------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Tensors, batch: int = 1024) -> dict[str, float]:
+def evaluate(model: nn.Module, data: Tensors, batch: int | None = None, precision: str = "fp32") -> dict[str, float]:
+    """top-1, top-5 and mean cross-entropy on the centre-cropped images, streamed in batches (under bf16
+    autocast when the trial trains in bf16; the loss is summed in float32)."""
     was_training = model.training
     model.eval()
     n = len(data.y)
+    batch = batch or stream_batch(data.x.shape[1:])
     k = min(5, int(data.y.max().item()) + 1) if n else 1
     correct1 = correct5 = 0
     loss = 0.0
     for s in range(0, n, batch):
-        idx = torch.arange(s, min(n, s + batch), device=data.x.device)
-        logits = model(data.float_batch(idx))
-        y = data.y[idx]
+        idx = data.positions(s, min(n, s + batch))
+        with autocast(precision, data.device):
+            logits = model(data.clean_batch(idx))
+        logits = logits.float()
+        y = data.labels(idx)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
         correct1 += (topk[:, 0] == y).sum().item()
@@ -154,7 +280,9 @@ def train(
 ) -> dict:
     """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations."""
     hooks = hooks or TrainHooks()
-    device = train_data.x.device
+    device = train_data.device
+    precision = resolve_precision(cfg.precision, device)
+    forward = prepare(model, device, cfg.channels_last, cfg.compile)  # the module to call; `model` owns the state
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, plan.steps))
     n = len(train_data.y)
@@ -185,7 +313,8 @@ def train(
         for size in sizes:
             idx = order[pos : pos + size]
             pos += size
-            loss, logits = regime.loss(model, train_data, idx, epoch, aug_gen)
+            with autocast(precision, device):
+                loss, logits = regime.loss(forward, train_data, idx, epoch, aug_gen)
             if hooks.on_batch is not None:
                 hooks.on_batch(idx, logits.detach(), epoch)
             opt.zero_grad(set_to_none=True)
@@ -200,7 +329,7 @@ def train(
         if epoch in eval_epochs:
             row = {"epoch": epoch + 1, "images_seen": images_seen, "train_loss": float(loss.item())}
             for split, data in evals.items():
-                row.update({f"{split}_{k}": v for k, v in evaluate(model, data).items()})
+                row.update({f"{split}_{k}": v for k, v in evaluate(model, data, precision=precision).items()})
             history.append(row)
             if hooks.progress is not None:
                 hooks.progress(row)
@@ -227,4 +356,5 @@ def train(
         "steps": steps,
         "train_seconds": train_seconds,
         "resumed_from_epoch": resumed["epoch"] if resumed is not None else 0,
+        "precision": precision,
     }

@@ -29,11 +29,12 @@ from workers.budget import plan as budget_plan
 from workers.catalogue import REGIMES
 from workers.config import TrialConfig
 from workers.data import load_splits
-from workers.graph import requires, subset_key, teacher_key
+from workers.data.shards import ShardedImages
+from workers.graph import kd_labels_key, requires, subset_key, teacher_key
 from workers.naming import trial_name
 from workers.storage import Storage, child_uri
 from workers.teacher import load_teacher
-from workers.train import Checkpointer, Tensors, TrainHooks, channel_stats, train
+from workers.train import PLACEMENTS, Checkpointer, Tensors, TrainHooks, channel_stats, choose_placement, train
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ class TrialContext:
     checkpoint_interval_s: float = 60.0
     num_threads: int | None = None
     on_progress: Callable[[float, int], None] | None = None  # (fraction of the images seen, epochs done)
+    # Where the training images live: auto = on the device when they fit device_fraction of its free memory,
+    # else in (pinned) host memory when they fit that fraction of it, else streamed from the cache per batch.
+    # Every placement trains on the same batches (the same numbers); device/host/stream force one.
+    placement: str = "auto"
+    device_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement {self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
 
 
 def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
@@ -63,17 +73,21 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
     for key in requires(config):
         stages.build(key, store)
     skey = subset_key(config)
-    splits = load_splits(config.dataset)
+    splits = load_splits(config.dataset, store)
     sub_x, sub_y, sub_ids = stages.load_training_set(skey, store, splits)
     select_seconds = time.perf_counter() - t0
 
     store.check_classes(skey, splits.class_names)
     mean, std = channel_stats(splits.train_x, device)
 
-    train_data = Tensors.of(sub_x, sub_y, mean, std, ids=sub_ids)
-    evals = {
-        "test": Tensors.of(splits.test_x, splits.test_y, mean, std),
-        "minival": Tensors.of(splits.minival_x, splits.minival_y, mean, std),
+    side = splits.input_side
+    placement = ctx.placement
+    if placement == "auto":
+        placement = choose_placement(int(sub_x.nbytes), device, ctx.device_fraction)
+    train_data = Tensors.of(sub_x, sub_y, mean, std, ids=sub_ids, side=side, placement=placement)
+    evals = {  # a cached data set streams its evaluation splits from the cache, a batch at a time
+        name: Tensors.of(x, y, mean, std, side=side, placement="stream" if isinstance(x, ShardedImages) else "auto")
+        for name, x, y in (("test", splits.test_x, splits.test_y), ("minival", splits.minival_x, splits.minival_y))
     }
 
     plan = budget_plan(
@@ -84,12 +98,18 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         n_data=len(sub_y),
     )
     model = models.build(
-        config.student.name, config.student.opts, splits.num_classes, splits.image_shape, config.seed
+        config.student.name, config.student.opts, splits.num_classes, splits.input_shape, config.seed
     ).to(device)
     teacher = None
     if config.teacher is not None:
         teacher = load_teacher(teacher_key(config.dataset, config.teacher), store, device)
-    regime = REGIMES[config.regime].load()(config.train, config.seed, teacher)
+    extra = {}
+    kkey = kd_labels_key(config)
+    if kkey is not None:  # stored SL+KD labels: read from their artifact one epoch at a time
+        from workers.kd_labels import StoredLabels
+
+        extra["labels"] = StoredLabels.of(kkey, store)
+    regime = REGIMES[config.regime].load()(config.train, config.seed, teacher, **extra)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
@@ -120,9 +140,12 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         "train_seconds": result["train_seconds"],
         "total_seconds": time.time() - t_start,
         "gpu_name": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "device": device,
+        "precision": result["precision"],
         "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated()) if device.startswith("cuda") else None,
         "soft_label_bytes": int(regime.soft_label_bytes),
         "resumed_from_epoch": int(result["resumed_from_epoch"]),
+        "data_placement": placement,
         "host": socket.gethostname(),
         "num_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,

@@ -84,9 +84,9 @@ CASES = [
     ),
     (
         "unknown-dataset",
-        sub("{name: digits}", "{name: cifar10}"),
+        sub("{name: digits}", "{name: svhn}"),  # (cifar10, once the example, is a data set now)
         "dataset.name:",
-        ["'cifar10'", "not a known dataset", "choose one of digits"],
+        ["'svhn'", "not a known dataset", "choose one of digits"],
     ),
     ("dataset-name-list", sub("{name: digits}", "{name: [digits]}"), "dataset.name:", ["['digits']", "digits"]),
     (

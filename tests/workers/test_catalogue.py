@@ -6,6 +6,8 @@ Selectors and distillers also run end to end through the stage mechanism in test
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -15,10 +17,11 @@ import torch
 from orchestrator.grid import expand
 from orchestrator.spec import parse_spec
 from workers import models
+from workers.artifacts import ArtifactStore
 from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, STAGES
-from workers.config import OPTIMIZERS, TRAIN_OPTIONS, TrainConfig
+from workers.config import OPTIMIZERS, TRAIN_OPTIONS, DatasetConfig, TrainConfig, _frozen_options
 from workers.data import load_splits
-from workers.graph import selector_inputs
+from workers.graph import cache_key, selector_inputs
 from workers.options import resolve
 from workers.registry import INPUTS
 from workers.schedules import SCHEDULES
@@ -110,12 +113,20 @@ def test_every_dataset_describes_itself_without_loading_torch(name, tmp_path):
         make_root(name, tmp_path)
     root = str(tmp_path) if DATASETS[name].needs_root else None
     opts = DATASETS[name].resolve({}, "dataset")[0]
+    if DATASETS[name].derive:
+        opts = DATASETS[name].derive(opts)
+    code = f"from workers.catalogue import DATASETS; DATASETS[{name!r}].facts({root!r}, {opts!r}); import sys; " + (
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
     facts = DATASETS[name].facts(root, opts)
     assert set(facts) >= {"class_names", "train_class_sizes", "num_train", "image_shape"}
     assert facts["num_train"] == sum(facts["train_class_sizes"])
-    splits = DATASETS[name].load()(root=root, **opts)
+    splits = load_splits(DatasetConfig(name, root, _frozen_options(opts)), ArtifactStore(tmp_path / "store"))
     assert list(splits.class_names) == facts["class_names"] and len(splits.train_y) == facts["num_train"]
-    assert list(splits.image_shape) == facts["image_shape"] and splits.train_x.dtype == np.uint8
+    assert list(splits.input_shape) == facts["image_shape"] and splits.train_x.dtype == np.uint8
+    assert DATASETS[name].cached == (cache_key(DatasetConfig(name, root, _frozen_options(opts))) is not None)
 
 
 def test_declared_choices_match_the_training_code():

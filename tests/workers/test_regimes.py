@@ -239,11 +239,24 @@ def test_kd_labels_change_between_epochs(teacher, small):
 EPOCHS = 3
 
 
+def stored_labels(folder, teacher, data, seed: int, epochs: int, topk: int = 0, min_scale: float = 0.08):
+    """Stored SL+KD labels written to disk as the kd_epoch stage writes them (workers.kd_labels.write_epoch)."""
+    from workers.kd_labels import StoredLabels, write_epoch
+
+    views = KDViews(len(data.y), data.input_side, seed, min_scale, data.device, ids=data.ids)
+    nbytes = 0
+    for e in range(epochs):
+        (folder / str(e)).mkdir(parents=True)
+        nbytes += write_epoch(folder / str(e), teacher, views, data, e, topk)
+    return StoredLabels(lambda e: folder / str(e), epochs, len(data.y), nbytes)
+
+
 @pytest.fixture(scope="module")
-def online_and_stored(teacher, small):
+def online_and_stored(teacher, small, tmp_path_factory):
     T = 4.0
     on = FreshSoftLabels(TrainConfig(temperature=T, kd_backend="online"), 11, teacher)
-    st = FreshSoftLabels(TrainConfig(temperature=T, kd_backend="stored"), 11, teacher)
+    labels = stored_labels(tmp_path_factory.mktemp("kd"), teacher, small, 11, EPOCHS)
+    st = FreshSoftLabels(TrainConfig(temperature=T, kd_backend="stored"), 11, teacher, labels)
     on.prepare(small, EPOCHS)
     st.prepare(small, EPOCHS)
     return on, st
@@ -260,7 +273,7 @@ def test_stored_logits_equal_online_teacher_on_regenerated_view(teacher, small, 
         with torch.no_grad():
             online = teacher(view)
         stored = st._stored_logits(pos, e, C)
-        assert stored.dtype == torch.float32 and st.stored[e][0].dtype == torch.float16
+        assert stored.dtype == torch.float32 and st.labels.epoch(e)[0].dtype == torch.float16
         assert online.abs().max() > 1.0  # real, non-trivial logits
         torch.testing.assert_close(stored, online, rtol=2**-10, atol=1e-3)
         # Keyed by position, not by batch: any subset of positions, in any order, reads the same rows.
@@ -285,25 +298,27 @@ def test_stored_bytes_full_fp16(small, online_and_stored):
     assert on.soft_label_bytes == 0
 
 
-def test_topk_storage(teacher, small, online_and_stored):
+def test_topk_storage(teacher, small, online_and_stored, tmp_path):
     _, full = online_and_stored
     n = len(small.y)
     pos = torch.arange(n)
 
-    k_all = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=C), 11, teacher)
+    labels = stored_labels(tmp_path / "all", teacher, small, 11, EPOCHS, topk=C)
+    k_all = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=C), 11, teacher, labels)
     k_all.prepare(small, EPOCHS)
     assert k_all.soft_label_bytes == full.soft_label_bytes
     for e in range(EPOCHS):
         assert torch.equal(k_all._stored_logits(pos, e, C), full._stored_logits(pos, e, C))
 
     k = 3
-    top = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=k), 11, teacher)
+    labels = stored_labels(tmp_path / "top", teacher, small, 11, EPOCHS, topk=k)
+    top = FreshSoftLabels(TrainConfig(temperature=4.0, kd_backend="stored", kd_topk=k), 11, teacher, labels)
     top.prepare(small, EPOCHS)
     assert top.soft_label_bytes == EPOCHS * n * k * (2 + 2)  # fp16 values + int16 class ids
     for e in range(EPOCHS):
         f = full._stored_logits(pos, e, C)
         r = top._stored_logits(pos, e, C)
-        values, idx = top.stored[e]
+        values, idx = top.labels.epoch(e)
         idx = idx.long()
         # the k largest are exact ...
         torch.testing.assert_close(
@@ -321,7 +336,7 @@ def test_topk_storage(teacher, small, online_and_stored):
         assert torch.all(r >= f)  # the filler never exceeds a true logit's rank
 
 
-def test_online_and_stored_students_track_each_other(teacher, splits):
+def test_online_and_stored_students_track_each_other(teacher, splits, tmp_path):
     idx = class_balanced(splits, 10)
     data, test = tensors(splits, idx), tensors(splits, split="test")
     budget = BudgetConfig("epochs", 12)
@@ -340,7 +355,9 @@ def test_online_and_stored_students_track_each_other(teacher, splits):
         p = plan(budget, len(idx), len(splits.train_y), cfg.batch_size)
         model = student(seed=3)
         before = evaluate(model, test)["loss"]
-        reg = FreshSoftLabels(cfg, 3, teacher)
+        epochs = -(-p.images_seen // len(idx))
+        labels = stored_labels(tmp_path, teacher, data, 3, epochs, min_scale=0.5) if backend == "stored" else None
+        reg = FreshSoftLabels(cfg, 3, teacher, labels)
         out = train(model, reg, data, cfg, p, 3, {"test": test}, Checkpointer(None))
         results[backend] = (before, out["history"][-1], reg.soft_label_bytes)
     (b_on, h_on, bytes_on), (b_st, h_st, bytes_st) = results["online"], results["stored"]
@@ -420,3 +437,41 @@ def test_regimes_of_one_subset_train_the_same_images():
         # the trials themselves differ (regime is part of the trial id) while the images do not
         assert len({t.trial_id for t in regimes.values()}) == 3
     assert keys["random"] != keys["herding"]
+
+
+# ------------------------------------------------------------------ views cut from a larger cached image (issue #11)
+def test_rrc_flip_cuts_views_of_the_input_side_from_a_larger_image():
+    from workers.regimes import center_crop
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 20, 20, generator=g)
+    a = augment(x, "rrc_flip", torch_generator(0, "augment", 3), side=16)
+    b = augment(x, "rrc_flip", torch_generator(0, "augment", 3), side=16)
+    c = augment(x, "rrc_flip", torch_generator(0, "augment", 4), side=16)
+    assert a.shape == (6, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    # a constant image stays constant: the box is resampled from inside the image, never padded
+    flat = torch.full((2, 3, 20, 20), 0.25)
+    torch.testing.assert_close(augment(flat, "rrc_flip", g, side=8), torch.full((2, 3, 8, 8), 0.25))
+    # the same-size views take the centre crop of the shifted image; none is the clean view
+    assert torch.equal(augment(x, "none", g, side=16), center_crop(x, 16)) and torch.equal(
+        center_crop(x, 16), x[..., 2:18, 2:18]
+    )
+    assert augment(x, "crop_flip", g, side=16).shape == (6, 3, 16, 16)
+    assert torch.equal(center_crop(x, 20), x)  # unchanged at its own side (digits: bit-identical)
+
+
+def test_kd_views_resample_to_the_input_side(small):
+    big = Tensors(
+        small.x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3),
+        small.y,
+        small.mean,
+        small.std,
+        small.ids,
+        side=8,
+    )
+    views = KDViews(len(small.y), 8, seed=0, min_scale=0.5, device="cpu", ids=small.ids)
+    v = views.mixed(big, torch.arange(6), epoch=1)
+    assert v.shape == (6, 1, 8, 8)
+    same = KDViews(len(small.y), 8, seed=0, min_scale=0.5, device="cpu", ids=small.ids).mixed(small, torch.arange(6), 1)
+    # the same boxes of the same picture at twice the resolution: close, not equal (bilinear resampling)
+    assert (v - same).abs().mean() < 0.25 * same.abs().mean()

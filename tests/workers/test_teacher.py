@@ -14,7 +14,7 @@ from workers.artifacts import ArtifactStore
 from workers.config import DatasetConfig, Named, TeacherConfig, _frozen_options
 from workers.data import DataError, load_splits
 from workers.graph import teacher_key
-from workers.teacher import full_train_tensors, load_teacher, load_weights, logits_and_features
+from workers.teacher import full_train_tensors, load_teacher, load_weights, logits_and_features, teacher_stats
 from workers.train import evaluate
 
 DATASET = DatasetConfig(
@@ -174,3 +174,34 @@ grid: {{selector: [random], regime: [sl], ipc: [2], seed: [0]}}
         a, b = trained(batch), loaded(batch)
     assert a.abs().max() > 1.0
     assert torch.equal(a, b)
+
+
+def test_features_built_in_parts_equal_one_unsharded_pass(built, splits, monkeypatch, tmp_path):
+    """The `features` stage concatenates its `features_part` stages; cut into 5 parts (the last one short), the
+    merged array is exactly the features of one pass over the whole train split, row for row."""
+    from workers import graph
+
+    store, tkey = built
+    fkey = graph.features_key(tkey)
+    teacher = load_teacher(tkey, store, "cpu", raw=True)
+    data, _ = full_train_tensors(splits, "cpu", teacher_stats(tcfg(), splits, "cpu"), placement="stream")
+    _, whole = logits_and_features(teacher, data)
+    n = len(splits.train_y)
+    rows = -(-n // 5)
+    monkeypatch.setattr(graph, "INFERENCE_PART_ROWS", rows)
+    parts = graph.stage_deps(fkey)
+    assert [k.kind for k in parts] == ["features_part"] * 5
+    assert [(k.cfg["start"], k.cfg["stop"]) for k in parts] == [(s, min(n, s + rows)) for s in range(0, n, rows)]
+    merged_store = ArtifactStore(tmp_path)
+    shutil.copytree(store.path(tkey), merged_store.path(tkey))  # the same teacher
+    stages.build(fkey, merged_store)
+    merged = np.load(merged_store.path(fkey) / "features.npy")
+    assert merged.dtype == np.float16 and merged.shape == (n, ARCH["width"] * 2 * 2)
+    np.testing.assert_array_equal(merged, whole.numpy().astype(np.float16))
+    assert merged_store.manifest(fkey)["parts"] == 5
+    # One part (the default size on digits) gives the same artifact.
+    monkeypatch.setattr(graph, "INFERENCE_PART_ROWS", 65_536)
+    one_store = ArtifactStore(tmp_path / "one")
+    shutil.copytree(store.path(tkey), one_store.path(tkey))
+    stages.build(fkey, one_store)
+    np.testing.assert_array_equal(np.load(one_store.path(fkey) / "features.npy"), merged)

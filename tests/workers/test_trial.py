@@ -107,3 +107,38 @@ def test_module_entry_point_runs_one_trial(tmp_path):
     assert out.returncode == 0, out.stderr
     m = json.loads(out.stdout)
     assert m["trial_name"] == "random-hl-ipc10-s0" and m["steps"] == 20
+
+
+def test_training_images_on_the_device_in_host_memory_or_streamed_give_the_same_numbers(tmp_path):
+    """A cached data set (imagefolder, train images cached larger than the student's input, views cut on the
+    device): the subset materialised on the device, in host memory with per-batch copies, or read per batch
+    from the shards trains and evaluates identically."""
+    from imagetrees import dataset, make_tree
+
+    root = make_tree(tmp_path / "data", per_class=12, val=4, size=(40, 30), ext=".jpg")
+    ds = dataset(root, image_size=16, train_crop=20, train_resize=24, minival_per_class=2, shard_size=8)
+    out = {}
+    for regime, augment in (("hl", "rrc_flip"), ("sl_kd", "crop")):
+        teacher = None
+        if regime == "sl_kd":
+            from workers.config import TeacherConfig
+
+            teacher = TeacherConfig(
+                arch=Named.make("convnet", {"depth": 2, "width": 8, "norm": "instance"}), epochs=2, min_top1_factor=0.0
+            )
+        cfg = make_cfg(
+            dataset=ds,
+            student=Named.make("convnet", {"depth": 2, "width": 8, "norm": "instance"}),
+            regime=regime,
+            ipc=5,
+            budget=BudgetConfig("steps", 6),
+            train=TrainConfig(lr=0.01, batch_size=8, eval_points=2, augment=augment),
+            teacher=teacher,
+        )
+        for placement in ("device", "host", "stream"):
+            m = run_trial(cfg, TrialContext(artifacts_root=tmp_path / "store", placement=placement))
+            assert m["data_placement"] == placement
+            out[regime, placement] = (m["top1"], m["loss"], m["minival_top1"], m["history"])
+    for regime in ("hl", "sl_kd"):
+        assert out[regime, "device"] == out[regime, "host"] == out[regime, "stream"], regime
+    assert out["hl", "device"] != out["sl_kd", "device"]

@@ -1,4 +1,9 @@
-"""Data sets as numpy splits: uint8 images (N, C, H, W), int64 labels, class names. No torch here."""
+"""Data sets as splits: uint8 images (N, C, H, W), int64 labels, class names. No torch here.
+
+A small data set (digits) holds its images in memory as numpy arrays; a cached one (imagefolder) holds them as
+`workers.data.shards.ShardedImages`, read on demand from the cache in the artifact store (docs/design.md §4).
+Both index the same way (`x[idx]` -> numpy uint8), so consumers stream either in batches.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +23,19 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Splits:
-    """train / minival / test. Sample ids are row indices into `train_x`; minival is held out of train."""
+    """train / minival / test. Sample ids are row indices into `train_x`; minival is held out of train.
 
-    train_x: np.ndarray
+    `input_side`: the model's input side when the stored images are larger (training views and evaluation cut
+    it from them); None: the stored side."""
+
+    train_x: Any  # np.ndarray or ShardedImages
     train_y: np.ndarray
-    minival_x: np.ndarray
+    minival_x: Any
     minival_y: np.ndarray
-    test_x: np.ndarray
+    test_x: Any
     test_y: np.ndarray
     class_names: tuple[str, ...]
+    input_side: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -34,7 +43,14 @@ class Splits:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The stored train images' (C, H, W)."""
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The model's input (C, side, side)."""
+        c, h, w = self.image_shape
+        return (c, self.input_side, self.input_side) if self.input_side else (c, h, w)
 
 
 def stratified_split(
@@ -58,8 +74,12 @@ def stratified_split(
     return tuple(np.sort(np.concatenate(part)) for part in (train, minival, test))  # type: ignore[return-value]
 
 
-def load_splits(dataset: DatasetConfig | Mapping[str, Any]) -> Splits:
-    """The splits of a data set, from its config (or the config's JSON form, as stored in artifact keys)."""
+def load_splits(dataset: DatasetConfig | Mapping[str, Any], store=None) -> Splits:
+    """The splits of a data set, from its config (or the config's JSON form, as stored in artifact keys).
+    A cached data set reads (and if needed builds) its cache in `store`, a workers.artifacts.ArtifactStore."""
     if not isinstance(dataset, DatasetConfig):
         dataset = DatasetConfig.from_json(dataset)
-    return DATASETS[dataset.name].load()(root=dataset.root, **dataset.opts)
+    entry = DATASETS[dataset.name]
+    if entry.cached:
+        return entry.load()(root=dataset.root, store=store, **dataset.opts)
+    return entry.load()(root=dataset.root, **dataset.opts)

@@ -23,7 +23,7 @@ from workers.config import ArtifactKey, BudgetConfig, Named, TrainConfig
 from workers.data import load_splits
 from workers.regimes import HardLabels
 from workers.seeding import derive_seed
-from workers.teacher import full_train_tensors, logits_and_features
+from workers.teacher import full_train_tensors, iter_logits_and_features
 from workers.train import Checkpointer, TrainHooks, train
 
 STATS = ("prob_true", "margin", "el2n", "grand")
@@ -50,26 +50,26 @@ def sample_stats(logits: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor
 
 def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
     cfg = key.cfg
-    splits = load_splits(cfg["dataset"])
+    splits = load_splits(cfg["dataset"], store)
     device = models.pick_device()
     data, _ = full_train_tensors(splits, device)
     n, epochs = len(splits.train_y), cfg["epochs"]
     seed = derive_seed(cfg["run"], "dynamics")
     arch = Named.make(cfg["arch"]["name"], cfg["arch"]["options"])
-    model = models.build(arch.name, arch.opts, splits.num_classes, splits.image_shape, seed).to(device)
+    model = models.build(arch.name, arch.opts, splits.num_classes, splits.input_shape, seed).to(device)
     recipe = TrainConfig(**cfg["recipe"], eval_points=1)
 
     rows = {k: np.zeros((epochs + 1, n), np.float16) for k in STATS}
     correct = np.zeros((epochs, n), bool)
-    y = data.y
 
-    def record(row: int, m) -> None:
-        logits, feats = logits_and_features(m, data)
-        for name, v in sample_stats(logits, y, feats).items():
-            rows[name][row] = v.cpu().numpy()
+    def record(row: int, m) -> None:  # a clean pass over the train split, streamed in batches
+        for s, logits, feats in iter_logits_and_features(m, data):
+            labels = data.labels(torch.arange(s, s + len(logits)))
+            for name, v in sample_stats(logits, labels, feats).items():
+                rows[name][row, s : s + len(v)] = v.cpu().numpy()
 
     def on_batch(pos, logits, epoch):
-        correct[epoch, pos.cpu().numpy()] = (logits.argmax(1) == y[pos]).cpu().numpy()
+        correct[epoch, pos.cpu().numpy()] = (logits.argmax(1) == data.labels(pos)).cpu().numpy()
 
     record(0, model)
     if epochs > 0:
