@@ -116,14 +116,16 @@ DATASETS.declare(
 )
 DATASETS.declare(
     "tinyimagenet",
-    "Tiny ImageNet (100,000 train / 10,000 val 64x64 images, 200 classes) as unzipped, decoded once to uint8",
+    "Tiny ImageNet (100,000 train / 10,000 val 64x64 images, 200 classes) as unzipped, in imagefolder's sharded cache",
     "workers.data.tinyimagenet:load",
     {
         "image_size": Option(64, int, "side: 64 is native; others resize the shorter side and centre-crop", min=8),
         "minival_per_class": _MINIVAL,
+        "shard_size": Option(1024, int, "images per cache shard (one build task each)", min=1),
     },
     describe="workers.data.tinyimagenet:describe",
     needs_root=True,
+    cached=True,
     root_doc="the folder that holds Tiny ImageNet's train/ and val/ (tiny-imagenet-200/ unzipped; never downloaded)",
 )
 
