@@ -194,6 +194,7 @@ def _launch(
             storage=store.storage,
             sweep=store.name,
             num_threads=max(1, int(res.cpus_per_trial)),
+            device_fraction=res.device_fraction,
             checkpoint_interval_s=checkpoint_interval_s,
         ),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial},

@@ -79,6 +79,13 @@ RESOURCE_OPTIONS: dict[str, Option] = {
     "cpus_per_trial": Option(1.0, float, "CPUs per trial and per stage", min=0.0),
     "max_concurrent": Option(None, int, "trials running at once at most (null: as many as fit)", min=1, nullable=True),
     "max_failures": Option(2, int, "retries of a failed trial before it is recorded as failed", min=0),
+    "device_fraction": Option(
+        0.5,
+        float,
+        "share of free device memory a training subset may take as uint8 (else pinned host memory, else streamed)",
+        min=0.0,
+        max=1.0,
+    ),
 }
 _R = {k: o.default for k, o in RESOURCE_OPTIONS.items()}
 
@@ -89,6 +96,7 @@ class Resources:
     cpus_per_trial: float = _R["cpus_per_trial"]
     max_concurrent: int | None = _R["max_concurrent"]
     max_failures: int = _R["max_failures"]
+    device_fraction: float = _R["device_fraction"]
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ def run_one(
     num_threads: int,
     report=None,
     checkpoint_interval_s: float = 60.0,
+    device_fraction: float = 0.5,
 ) -> dict | None:
     """Run a trial unless its row exists. Returns the row written, or None when there was nothing to do."""
     from workers.trial import TrialContext, clear_checkpoint, run_trial
@@ -85,6 +86,7 @@ def run_one(
         report=report,
         num_threads=num_threads,
         checkpoint_interval_s=checkpoint_interval_s,
+        device_fraction=device_fraction,
         on_progress=beat.progress,
     )
     try:  # everything up to the published row: a failure anywhere is recorded with its traceback
@@ -111,7 +113,13 @@ def run_one(
 
 
 def trainable(
-    config: dict, trials_json: dict[str, str], storage: str, sweep: str, num_threads: int, checkpoint_interval_s: float
+    config: dict,
+    trials_json: dict[str, str],
+    storage: str,
+    sweep: str,
+    num_threads: int,
+    checkpoint_interval_s: float,
+    device_fraction: float = 0.5,
 ) -> None:
     from ray import tune
 
@@ -123,6 +131,7 @@ def trainable(
         num_threads,
         report=lambda r: tune.report({k: v for k, v in r.items() if isinstance(v, (int, float))}),
         checkpoint_interval_s=checkpoint_interval_s,
+        device_fraction=device_fraction,
     )
     final = {"ddsweep_done": 1}
     if row is not None:

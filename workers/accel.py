@@ -56,6 +56,8 @@ def channels_last(model: nn.Module) -> nn.Module:
 def prepare(model: nn.Module, device, setting: str, compile_: bool) -> nn.Module:
     """The module to call for the forward pass: `model` itself (channels_last when asked), or a compiled
     wrapper of it (its parameters are `model`'s; save and load `model`'s state dict)."""
+    if _cuda(device):
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
     if use_channels_last(setting, device):
         channels_last(model)
     return torch.compile(model) if compile_ else model

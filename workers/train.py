@@ -77,10 +77,11 @@ class Tensors:
     def uint8_batch(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images at positions idx, on the compute device."""
         if isinstance(self.x, torch.Tensor):
-            if self.x.device == idx.device:
-                out = self.x[idx]
-            else:
-                out = self.x[idx.to(self.x.device)]
+            if self.x.device == self.device or self.device.type != "cuda":
+                out = self.x[idx if self.x.device == idx.device else idx.to(self.x.device)]
+            else:  # the host path: gather into pinned memory, so the copy below is asynchronous
+                out = torch.empty((len(idx), *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=True)
+                torch.index_select(self.x, 0, idx.cpu(), out=out)
         else:
             out = torch.from_numpy(self.x[idx.cpu().numpy()])
             if self.device.type == "cuda":

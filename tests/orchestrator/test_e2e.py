@@ -188,4 +188,7 @@ def test_trials_start_while_other_stages_still_build(tmp_path, cli_env):
     assert len(runs) == 2
     last_stage = max(m["built_at"] for m in runs)
     assert first_random < last_stage, (first_random, last_stage)
+    # EL2N's two score runs are two tasks that ran at the same time, not a loop in one
+    (s0, e0), (s1, e1) = sorted((m["built_at"] - m["build_seconds"], m["built_at"]) for m in runs)
+    assert s1 < e0, f"score runs did not overlap: [{s0:.1f}, {e0:.1f}] then [{s1:.1f}, {e1:.1f}]"
     assert "stages 2/" in out.stdout or "stages " in out.stdout  # progress shows stages beside trials

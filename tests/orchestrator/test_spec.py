@@ -582,3 +582,12 @@ grid: {selector: [random], regime: [sl], ipc: [2], seed: [0]}
         text.replace("root: data", f"root: {tmp_path / 'data'}").replace("./t.pt", str(tmp_path / "t.pt"))
     )
     assert spec.dataset.root == str(tmp_path / "data") and spec.teacher.weights == str(tmp_path / "t.pt")
+
+
+def test_device_fraction_is_a_resource_between_zero_and_one():
+    base = "name: r\ndataset: {name: digits}\nstudent: {arch: mlp}\nbudget: {epochs: 1}\n"
+    base += "grid: {selector: [random], regime: [hl], ipc: [1], seed: [0]}\n"
+    assert parse_spec(base).resources.device_fraction == 0.5
+    assert parse_spec(base + "resources: {device_fraction: 0.25}").resources.device_fraction == 0.25
+    with pytest.raises(SpecError, match=r"resources.device_fraction: 1.5 must be <= 1.0"):
+        parse_spec(base + "resources: {device_fraction: 1.5}")
