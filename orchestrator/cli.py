@@ -9,21 +9,21 @@ cluster at --address.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
 from collections import Counter
 
 from orchestrator.driver import ClusterUnreachable, StaleIds, check_teacher, make_plan, run, stale_message
-from orchestrator.grid import expand
+from orchestrator.grid import expand, grid_size
 from orchestrator.lock import DriverLock, SweepLocked
-from orchestrator.report import ReportNotWritten, accuracy_table, current_rows, format_table, write_report
+from orchestrator.report import ReportNotWritten, build, format_table, write_report
 from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
 from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
 from workers.graph import bytes_written, kd_epoch_keys, shard_keys
-from workers.naming import selector_label, trial_name
 
 EXIT_FAILED = 1  # some trials failed, or the report could not be written
 EXIT_SPEC = 2  # bad input
@@ -77,12 +77,7 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     spec = _load(args)
     p = make_plan(spec)
-    full = len(spec.selectors) * len(spec.regimes) * len(spec.ipcs) * len(spec.seeds)
-    print(
-        f"sweep {spec.name}, storage {spec.storage}: {len(p.trials)} trials = {len(spec.selectors)} selectors x "
-        f"{len(spec.regimes)} regimes x {len(spec.ipcs)} IPCs x {len(spec.seeds)} seeds"
-        + (f" minus {full - len(p.trials)} excluded" if spec.exclude else "")
-    )
+    print(f"sweep {spec.name}, storage {spec.storage}: {grid_size(spec, len(p.trials))}")
     _warn_store(spec, p.store, {t.trial_id for t in p.trials}, p.done_all)
     print(f"  done {len(p.done)}, pending {len(p.pending)}")
     kinds = Counter(k.kind for k in p.stages)
@@ -93,11 +88,11 @@ def cmd_plan(args) -> int:
     info = dataset_facts(spec.dataset.name, spec.dataset.root, spec.dataset.opts)
     n_full, n_cls = info["num_train"], len(info["class_names"])
     batches = {r: spec.recipes[r].batch_size for r in spec.regimes}
-    for batch in sorted(set(batches.values())):
+    for budget, batch in itertools.product(spec.budgets or (spec.budget,), sorted(set(batches.values()))):
         who = ", ".join(r for r, b in batches.items() if b == batch)
-        print(f"  budget {spec.budget.unit}={spec.budget.value:g} (train split N={n_full}, batch {batch}: {who}):")
+        print(f"  budget {budget.unit}={budget.value:g} (train split N={n_full}, batch {batch}: {who}):")
         for ipc in spec.ipcs:
-            bp = budget_plan(spec.budget, ipc * n_cls, n_full, batch)
+            bp = budget_plan(budget, ipc * n_cls, n_full, batch)
             print(
                 f"    ipc {ipc:>4}: {bp.images_seen} images, {bp.steps} steps, {bp.subset_epochs:.1f} subset "
                 f"epochs, {bp.full_epochs:.2f} full epochs"
@@ -257,67 +252,31 @@ def cmd_check_teacher(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """Counts per state and axis, running trials, the driver, an ETA, failures by cause (orchestrator.status)."""
+    from orchestrator import status
+
     spec = _load(args)
     store = _existing_store(spec)
-    trials = expand(spec)
-    ids = {t.trial_id for t in trials}
-    done = store.done_ids()
-    fails = store.failures()
-    started = store.checkpointed_ids()
-
-    def state(tid: str) -> str:
-        if tid in done:
-            return "done"
-        if tid in fails and fails[tid].get("final", True):
-            return "failed"
-        if tid in started or tid in fails:
-            return "started"
-        return "pending"
-
-    states = {tid: state(tid) for tid in ids}
-    total = Counter(states.values())
-    order = ("done", "started", "failed", "pending")
-    print(
-        f"sweep {spec.name}, storage {spec.storage}: {len(trials)} trials: "
-        + ", ".join(f"{total.get(s, 0)} {s}" for s in order)
-    )
-    _warn_store(spec, store, ids, done)
-    labels = {s: selector_label(s) for s in spec.selectors}
-    for axis, key in (
-        ("selector", lambda t: labels[t.selector]),
-        ("regime", lambda t: t.regime),
-        ("ipc", lambda t: t.ipc),
-        ("seed", lambda t: t.seed),
-    ):
-        counts: dict[object, Counter] = {}
-        for t in trials:
-            counts.setdefault(key(t), Counter())[states[t.trial_id]] += 1
-        print(f"  by {axis}:")
-        for v, c in counts.items():
-            print(f"    {str(v):<28} " + "  ".join(f"{s} {c.get(s, 0)}" for s in order))
-    for t in trials:
-        f = fails.get(t.trial_id)
-        if states[t.trial_id] == "failed":
-            print(f"  failed {trial_name(t)} (attempt {f['attempt']}): {f['error']}")
-        elif f and states[t.trial_id] != "done":
-            print(f"  retrying {trial_name(t)}: attempt {f['attempt']} failed: {f['error']}")
+    st = status.collect(spec, store)
+    print(status.headline(st))
+    _warn_store(spec, store, st.grid_ids, st.done_all)
+    print(status.details(st))
     return 0
 
 
 def cmd_report(args) -> int:
     spec = _load(args)
     store = _existing_store(spec)
-    rows = current_rows(spec)
-    print(f"sweep {spec.name}, storage {spec.storage}: {len(rows)} rows")
+    rep = build(spec)
+    print(f"sweep {spec.name}, storage {spec.storage}: {rep.frame['trial_id'].nunique() if len(rep.frame) else 0} rows")
     _warn_store(spec, store, {t.trial_id for t in expand(spec)}, store.done_ids())
-    table = accuracy_table(rows)
-    print(format_table(table))
+    print(format_table(rep.accuracy))
     try:
-        out = write_report(table, args.out or store.uri("report"))
+        out = write_report(rep, args.out or store.uri("report"))
     except ReportNotWritten as err:
         print(f"ddsweep: {err}; the tables are above. Pass --out DIR to write the files elsewhere", file=sys.stderr)
         return EXIT_FAILED
-    print(f"report written to {out}")
+    print(f"report written to {out}: {out.rstrip('/')}/report.md (tables as CSV, figures as PNG beside it)")
     return 0
 
 

@@ -24,8 +24,23 @@ QUIETED = ("ray.tune", "ray.train", "ray.air", "ray._private.authentication")
 KEPT = ("insufficient_resources",)
 
 
+_live = None  # an orchestrator.progress.LiveLine kept under ddsweep's lines in a terminal (set_live)
+
+
+def set_live(line) -> None:
+    """Keep `line` (with clear() and draw()) under every line `say` prints; None removes (and clears) it."""
+    global _live
+    if _live is not None and line is None:
+        _live.clear()
+    _live = line
+
+
 def say(msg: str) -> None:
+    if _live is not None:
+        _live.clear()
     print(f"{PREFIX} {msg}", flush=True)
+    if _live is not None:
+        _live.draw()
 
 
 @dataclass

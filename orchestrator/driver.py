@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import console as _console
 from orchestrator import grid
 from orchestrator.console import quiet_ray
 from orchestrator.console import say as _say
@@ -158,6 +159,7 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
             console.interrupted = True
             missing = [t for t in plan.trials if t.trial_id not in store.done_ids()]
         finally:
+            _console.set_live(None)  # the live status line of a terminal (orchestrator.progress)
             if not address and ray.is_initialized():
                 ray.shutdown()
     _say(f"Ray's own output: {console.log_path}")
@@ -297,12 +299,26 @@ def _with_storage(spec: SweepSpec, storage: str) -> SweepSpec:
 
 def _progress_callback(names: dict[str, str], total: int, already: int, stages: StageBuilds):
     """One line per finished or failed trial, with the stages built so far:
-    'done 7/24 el2n-hl-ipc10-s0 top1=0.812 (stages 30/53, elapsed 14s)'."""
+    'done 7/24 el2n-hl-ipc10-s0 top1=0.812 (stages 30/53, elapsed 14s)'; in a terminal also one live
+    status line under them (orchestrator.progress.LiveLine)."""
     from ray.tune import Callback
+
+    from orchestrator.progress import LiveLine
+
+    live = LiveLine(total, already)
+    _console.set_live(live if live.enabled else None)
 
     class Progress(Callback):
         def __init__(self) -> None:
             self.count, self.failed, self.t0 = already, 0, time.time()
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            live.trial_started(trial.config["trial_id"])
+
+        def on_step_begin(self, iteration, trials, **info):
+            building = len(stages.refs) - len(stages.built) - len(stages.failed)
+            live.update(sum(1 for t in trials if t.status == "RUNNING"), building)
+            live.draw(force=False)
 
         def _name(self, trial) -> str:
             return names.get(trial.config["trial_id"], "?")
@@ -312,6 +328,7 @@ def _progress_callback(names: dict[str, str], total: int, already: int, stages: 
             return f"({built + ', ' if built else ''}elapsed {time.time() - self.t0:.0f}s)"
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            live.trial_finished(trial.config["trial_id"])
             self.count += 1
             r = trial.last_result or {}
             top1 = f" top1={r['top1']:.3f}" if "top1" in r else ""
@@ -321,10 +338,12 @@ def _progress_callback(names: dict[str, str], total: int, already: int, stages: 
             _say(f"retrying {self._name(trial)} after an error")
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            live.trial_finished(trial.config["trial_id"], ok=False)
             self.failed += 1
             _say(f"FAILED {self._name(trial)} (no retries left; {self.failed} failed so far)")
 
         def stage_failed(self, trial: TrialConfig) -> None:
+            live.failed += 1
             self.failed += 1
             _say(f"FAILED {names.get(trial.trial_id, '?')}: a stage it needs failed {self._when()}")
 

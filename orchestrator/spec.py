@@ -31,9 +31,12 @@ from workers.config import (
     absolute_path_problem,
 )
 from workers.graph import needs_teacher
+from workers.naming import arch_label
 from workers.options import Option, did_you_mean, resolve
 
-AXES = ("selector", "regime", "ipc", "seed")
+AXES = ("selector", "regime", "ipc", "seed")  # required in every grid
+EXTRA_AXES = ("budget", "teacher", "student")  # optional: each replaces the top-level key of its name
+TEACHER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the whole name (fullmatch: no trailing newline)
 DEFAULT_STORAGE = "./ddsweep-runs"
 TOP = "(top level)"
@@ -42,6 +45,7 @@ TOP_KEYS = (
     "storage",
     "dataset",
     "teacher",
+    "teachers",
     "student",
     "budget",
     "grid",
@@ -50,7 +54,7 @@ TOP_KEYS = (
     "resources",
     "exclude",
 )
-REQUIRED_TOP = ("name", "dataset", "student", "budget", "grid")
+REQUIRED_TOP = ("name", "dataset", "grid")  # and student, budget: at the top or as a grid axis
 
 
 class SpecError(Exception):
@@ -118,6 +122,13 @@ class SweepSpec:
     warnings: tuple[str, ...] = ()
     source: str = ""  # the YAML text
     source_path: str | None = None  # the file it came from
+    # The optional axes (grid.budget, grid.teacher, grid.student): their values, and which ones the grid lists.
+    # Without the axis they hold the one top-level value (budget, student, (None, teacher)); `budget`,
+    # `student` and `teacher` above are always the first value.
+    budgets: tuple[BudgetConfig, ...] = ()
+    teachers: tuple[tuple[str | None, TeacherConfig | None], ...] = ()  # (name in `teachers:`, config)
+    students: tuple[Named, ...] = ()
+    extra_axes: tuple[str, ...] = ()
 
     def store(self) -> SweepStore:
         """This sweep's folder in its storage: rows, failures, checkpoints, the lock (orchestrator.results)."""
@@ -235,40 +246,50 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         )
     storage = _storage(c, storage_override or doc.get("storage", DEFAULT_STORAGE))
     dataset, ds_info = _dataset(c, doc.get("dataset")) if "dataset" in doc else (None, None)
+    grid_doc = doc.get("grid") if isinstance(doc.get("grid"), dict) else {}
+    for key, example in (
+        ("student", "student: {arch: convnet, depth: 3}, or grid.student: [{arch: convnet}, {arch: resnet18}]"),
+        ("budget", "budget: {full_epochs: 10}, or grid.budget: {full_epochs: [2, 5, 10]}"),
+    ):
+        if key in doc and key in grid_doc:
+            c.err(f"grid.{key}", f"and the top-level `{key}:` both set the {key}; keep one of them")
+        elif key not in doc and key not in grid_doc:
+            c.err(key, f"is required; give {example}")
     student = _named_with_options(c, doc.get("student"), "student", ARCHS, "arch") if "student" in doc else None
     _convnet_fits(c, student, ds_info, "student")
     budget = _budget(c, doc.get("budget")) if "budget" in doc else None
+    named_teachers = _teachers(c, doc, grid_doc, ds_info)
     selector_defaults = _selector_defaults(c, doc.get("selectors", {}))
-    axes = _grid(c, doc.get("grid"), selector_defaults, ds_info) if "grid" in doc else None
+    axes = _grid(c, doc.get("grid"), selector_defaults, ds_info, named_teachers) if "grid" in doc else None
     recipes = _train(c, doc.get("train", {}))
     train = recipes["hl"]  # also the recipe of full-data score runs (they train with hard labels)
     resources = _resources(c, doc.get("resources", {}))
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
-    if exclude and all(excluded(dict(zip(AXES, point)), exclude) for point in itertools.product(*axes.values())):
+    if exclude and all(excluded(dict(zip(axes, point)), exclude) for point in itertools.product(*axes.values())):
         c.err("exclude", "removes every trial: the grid is empty; drop or narrow an entry")
     teacher = _teacher(c, doc["teacher"], ds_info) if "teacher" in doc else None
+    extra = tuple(a for a in EXTRA_AXES if axes and a in axes)
+    budgets = axes["budget"] if "budget" in extra else (budget,)
+    students = axes["student"] if "student" in extra else (student,)
+    teachers = tuple((n, named_teachers[n]) for n in axes["teacher"]) if "teacher" in extra else ((None, teacher),)
     warnings: list[str] = []
-    if axes and dataset and budget and student:
-        _selector_rules(
-            c,
-            warnings,
-            axes,
-            TrialConfig(
-                dataset=dataset,
-                student=student,
-                selector=Named("random"),
-                regime="hl",
-                ipc=1,
-                seed=0,
-                budget=budget,
-                train=train,
-                teacher=teacher,
-            ),
-        )
+    if axes and dataset and None not in budgets and None not in students:
+        for b, (tname, tcfg), st in itertools.product(budgets, teachers, students):
+            where = ", ".join(
+                f"{a} {v}"
+                for a, v, n in (
+                    ("budget", f"{b.unit}={b.value:g}", len(budgets)),
+                    ("teacher", tname, len(teachers)),
+                    ("student", arch_label(st), len(students)),
+                )
+                if n > 1
+            )
+            base = TrialConfig(dataset, st, Named("random"), "hl", 1, 0, b, train=train, teacher=tcfg)
+            _selector_rules(c, warnings, axes, base, where)
     if axes:
         users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].needs_teacher]
         users += [f"selector {s.name!r}" for s in axes["selector"] if needs_teacher(s, "hl")]
-        if users and "teacher" not in doc:
+        if users and "teacher" not in doc and "teacher" not in grid_doc:
             c.err(
                 "teacher",
                 f"is required by {', '.join(dict.fromkeys(users))}; add e.g. "
@@ -288,8 +309,8 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         name=name,
         storage=storage,
         dataset=dataset,
-        student=student,
-        budget=budget,
+        student=students[0],
+        budget=budgets[0],
         selectors=axes["selector"],
         regimes=axes["regime"],
         ipcs=axes["ipc"],
@@ -298,9 +319,13 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
         recipes=recipes,
         resources=resources,
         exclude=exclude,
-        teacher=teacher,
-        warnings=tuple(warnings),
+        teacher=teachers[0][1],
+        warnings=tuple(dict.fromkeys(warnings)),
         source=text,
+        budgets=budgets,
+        teachers=teachers,
+        students=students,
+        extra_axes=extra,
     )
 
 
@@ -338,9 +363,11 @@ def _in_ray_job_working_dir(folder: Path) -> bool:
     return any(p.startswith("_ray_pkg_") or p == "runtime_resources" for p in folder.parts)
 
 
-def _selector_rules(c: _Checker, warnings: list[str], axes: dict, base: TrialConfig) -> None:
+def _selector_rules(c: _Checker, warnings: list[str], axes: dict, base: TrialConfig, where: str = "") -> None:
     """Method-specific checks that need the whole trial (errors: `validate`, e.g. RDED's pool size; warnings:
-    `advise`, e.g. CAD's scoring run raised to J + W epochs), first offending IPC per selector."""
+    `advise`, e.g. CAD's scoring run raised to J + W epochs), first offending IPC per selector. `where` names
+    the budget, teacher or student of `base` when the grid lists several."""
+    at = f" ({where})" if where else ""
     for i, sel in enumerate(axes["selector"]):
         entry = SELECTORS[sel.name]
         for rule, is_error in ((entry.validate, True), (entry.advise, False)):
@@ -348,9 +375,9 @@ def _selector_rules(c: _Checker, warnings: list[str], axes: dict, base: TrialCon
                 msg = rule(sel, replace(base, selector=sel, ipc=ipc))
                 if msg:
                     if is_error:
-                        c.err(f"grid.selector[{i}]", f"{sel.label()}: {msg}")
+                        c.err(f"grid.selector[{i}]", f"{sel.label()}{at}: {msg}")
                     else:
-                        warnings.append(f"grid.selector[{i}]: {sel.label()}: {msg}")
+                        warnings.append(f"grid.selector[{i}]: {sel.label()}{at}: {msg}")
                     break
 
 
@@ -365,15 +392,52 @@ def _convnet_fits(c: _Checker, net: Named | None, ds_info: dict | None, path: st
             )
 
 
-def _teacher(c: _Checker, value: Any, ds_info: dict | None) -> TeacherConfig | None:
+def _teachers(c: _Checker, doc: dict, grid_doc: dict, ds_info: dict | None) -> dict[str, TeacherConfig]:
+    """`teachers: {name: {arch: ..., ...}}`, the named teachers `grid.teacher` chooses from (one `teacher:`
+    otherwise). Names are for people: a trial's id holds its teacher's config, never its name."""
+    given, listed = "teachers" in doc, "teacher" in grid_doc
+    if listed and "teacher" in doc:
+        c.err(
+            "grid.teacher",
+            "and the top-level `teacher:` both set the teacher; declare every teacher under "
+            "teachers: {name: {arch: ...}} and list the names in grid.teacher",
+        )
+    if given and not listed:
+        c.err("teachers", "declares named teachers, but grid.teacher lists none; add grid.teacher: [name, ...]")
+    if listed and not given:
+        c.err(
+            "grid.teacher",
+            "lists named teachers; declare them under teachers: {strong: {arch: convnet, epochs: 30}, "
+            "weak: {arch: convnet, epochs: 3}}",
+        )
+    d = c.mapping(doc["teachers"], "teachers", None) if given else None
+    out: dict[str, TeacherConfig] = {}
+    seen: dict[TeacherConfig, str] = {}
+    for name, value in (d or {}).items():
+        path = f"teachers.{name}"
+        if not isinstance(name, str) or not TEACHER_NAME_RE.fullmatch(name):
+            c.err(path, f"{name!r} is not a teacher name; use 1-40 characters from A-Z a-z 0-9 . _ -")
+            continue
+        t = _teacher(c, value, ds_info, path)
+        if t is None:
+            continue
+        if t in seen:
+            c.err(path, f"is the same teacher as teachers.{seen[t]}; give each name a different teacher")
+            continue
+        seen[t] = name
+        out[name] = t
+    return out
+
+
+def _teacher(c: _Checker, value: Any, ds_info: dict | None, path: str = "teacher") -> TeacherConfig | None:
     """`teacher:` holds the arch and its options, and the teacher recipe (TEACHER_OPTIONS)."""
-    d = c.mapping(value, "teacher", None, ("arch",))
+    d = c.mapping(value, path, None, ("arch",))
     if d is None:
         return None
     before = len(c.problems)
-    recipe = c.settings(TEACHER_OPTIONS, {k: v for k, v in d.items() if k in TEACHER_OPTIONS}, "teacher", "the teacher")
-    arch = _named_with_options(c, {k: v for k, v in d.items() if k not in TEACHER_OPTIONS}, "teacher", ARCHS, "arch")
-    _convnet_fits(c, arch, ds_info, "teacher")
+    recipe = c.settings(TEACHER_OPTIONS, {k: v for k, v in d.items() if k in TEACHER_OPTIONS}, path, "the teacher")
+    arch = _named_with_options(c, {k: v for k, v in d.items() if k not in TEACHER_OPTIONS}, path, ARCHS, "arch")
+    _convnet_fits(c, arch, ds_info, path)
     if arch is None or len(c.problems) > before:
         return None
     if recipe.get("weights") is not None:
@@ -396,7 +460,7 @@ def _dataset(c: _Checker, value: Any) -> tuple[DatasetConfig | None, dict | None
         c.err("dataset.root", f"{root!r} is not a path")
         return None, None
     if DATASETS[name].needs_root and not root:
-        c.err("dataset.root", f"is required for {name}: the folder that holds train/ and val/")
+        c.err("dataset.root", f"is required for {name}: {DATASETS[name].root_doc}")
         return None, None
     if root is not None and not Path(root).is_dir():
         c.err("dataset.root", f"{root!r} is not an existing folder")
@@ -435,8 +499,8 @@ def _named_with_options(c: _Checker, value: Any, path: str, registry, key: str) 
     return None if problems else Named.make(name, opts)
 
 
-def _budget(c: _Checker, value: Any) -> BudgetConfig | None:
-    d = c.mapping(value, "budget", BUDGET_UNITS)
+def _budget_unit(c: _Checker, value: Any, path: str) -> str | None:
+    d = c.mapping(value, path, BUDGET_UNITS)
     if d is None:
         return None
     units = [u for u in BUDGET_UNITS if u in d]
@@ -444,15 +508,36 @@ def _budget(c: _Checker, value: Any) -> BudgetConfig | None:
         if len(d) and not units:
             return None  # unknown keys already reported
         c.err(
-            "budget",
+            path,
             f"give exactly one of {', '.join(BUDGET_UNITS)}; got {len(units)}"
             + (f" ({', '.join(units)})" if units else ""),
         )
         return None
-    unit = units[0]
-    if not c.valid(BUDGET_OPTIONS[unit], d[unit], f"budget.{unit}"):
+    return units[0]
+
+
+def _budget_value(unit: str, value: Any) -> BudgetConfig:
+    return BudgetConfig(unit=unit, value=float(value) if unit != "steps" else int(value))
+
+
+def _budget(c: _Checker, value: Any) -> BudgetConfig | None:
+    unit = _budget_unit(c, value, "budget")
+    if unit is None or not c.valid(BUDGET_OPTIONS[unit], value[unit], f"budget.{unit}"):
         return None
-    return BudgetConfig(unit=unit, value=float(d[unit]) if unit != "steps" else int(d[unit]))
+    return _budget_value(unit, value[unit])
+
+
+def _budget_axis(c: _Checker, value: Any) -> list[tuple[int, BudgetConfig]]:
+    """`grid.budget: {full_epochs: [2, 5, 10]}`: budgets in one unit, (YAML index, budget) each."""
+    unit = _budget_unit(c, value, "grid.budget")
+    if unit is None:
+        return []
+    values = value[unit]
+    values = [values] if not isinstance(values, list) else values
+    if not values:
+        c.err(f"grid.budget.{unit}", "is empty; list at least one value")
+    option = BUDGET_OPTIONS[unit]
+    return [(i, _budget_value(unit, v)) for i, v in enumerate(values) if c.valid(option, v, f"grid.budget.{unit}[{i}]")]
 
 
 def _selector_defaults(c: _Checker, value: Any) -> dict[str, dict]:
@@ -483,12 +568,19 @@ def _axis_list(c: _Checker, grid: dict, axis: str) -> list | None:
     return values
 
 
-def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: dict | None) -> dict | None:
-    g = c.mapping(value, "grid", AXES, AXES, " with the axes selector, regime, ipc, seed")
+def _grid(
+    c: _Checker,
+    value: Any,
+    selector_defaults: dict[str, dict],
+    ds_info: dict | None,
+    named_teachers: dict[str, TeacherConfig] | None = None,
+) -> dict | None:
+    g = c.mapping(value, "grid", AXES + EXTRA_AXES, AXES, " with the axes selector, regime, ipc, seed")
     if g is None:
         return None
     before = len(c.problems)
-    kept: dict[str, list[tuple[int, Any]]] = {axis: [] for axis in AXES}  # (YAML index, value)
+    axes = AXES + tuple(a for a in EXTRA_AXES if a in g)
+    kept: dict[str, list[tuple[int, Any]]] = {axis: [] for axis in axes}  # (YAML index, value)
 
     for i, item in enumerate(_axis_list(c, g, "selector") or []):
         sel = _selector(c, item, f"grid.selector[{i}]", selector_defaults)
@@ -517,13 +609,38 @@ def _grid(c: _Checker, value: Any, selector_defaults: dict[str, dict], ds_info: 
     for i, v in enumerate(_axis_list(c, g, "seed") or []):
         if c.valid(SEED, v, f"grid.seed[{i}]"):
             kept["seed"].append((i, v))
+    if "budget" in g:
+        kept["budget"] = _budget_axis(c, g["budget"])
+    for i, item in enumerate(_axis_list(c, g, "student") or []):
+        item = {"arch": item} if isinstance(item, str) else item
+        st = _named_with_options(c, item, f"grid.student[{i}]", ARCHS, "arch")
+        _convnet_fits(c, st, ds_info, f"grid.student[{i}]")
+        if st is not None:
+            kept["student"].append((i, st))
+    named_teachers = named_teachers or {}
+    for i, name in enumerate(_axis_list(c, g, "teacher") or []):
+        if isinstance(name, str) and name in named_teachers:
+            kept["teacher"].append((i, name))
+        elif not isinstance(name, str):
+            c.err(f"grid.teacher[{i}]", f"{name!r} is not a teacher name; list names declared under teachers:")
+        elif named_teachers:  # (no `teachers:` at all is reported once, by _teachers)
+            c.err(
+                f"grid.teacher[{i}]",
+                f"{name!r} is not declared under teachers:{did_you_mean(name, named_teachers)}; "
+                f"declared: {', '.join(named_teachers)}",
+            )
 
     for axis, pairs in kept.items():
         seen: dict[Any, int] = {}
         for i, v in pairs:
             if v in seen:
-                shown = v.label() if isinstance(v, Named) else repr(v)
-                c.err(f"grid.{axis}[{i}]", f"{shown} repeats grid.{axis}[{seen[v]}]; list each value once")
+                if isinstance(v, BudgetConfig):
+                    shown, path = f"{v.value:g}", f"grid.budget.{v.unit}[{i}]"
+                    first = f"grid.budget.{v.unit}[{seen[v]}]"
+                else:
+                    shown = (arch_label(v) if axis == "student" else v.label()) if isinstance(v, Named) else repr(v)
+                    path, first = f"grid.{axis}[{i}]", f"grid.{axis}[{seen[v]}]"
+                c.err(path, f"{shown} repeats {first}; list each value once")
             seen.setdefault(v, i)
     out = {axis: tuple(v for _, v in pairs) for axis, pairs in kept.items()}
     return out if len(c.problems) == before else None
@@ -584,18 +701,14 @@ def _exclude(c: _Checker, value: Any, axes: dict) -> tuple:
     out = []
     for i, item in enumerate(value):
         path = f"exclude[{i}]"
-        d = c.mapping(item, path, AXES)
-        if d is None or not d or any(k not in AXES for k in d):
+        d = c.mapping(item, path, tuple(axes))
+        if d is None or not d or any(k not in axes for k in d):
             if d == {}:
                 c.err(path, "is empty and would exclude the whole grid; name at least one axis")
             continue
         ok = True
         for axis, v in d.items():
-            present = (
-                [s.name for s in axes["selector"]] + [s.label() for s in axes["selector"]]
-                if axis == "selector"
-                else list(axes[axis])
-            )
+            present = [shown for value in axes[axis] for shown in _spellings(axis, value)]
             if v not in present:
                 c.err(
                     f"{path}.{axis}",
@@ -607,12 +720,18 @@ def _exclude(c: _Checker, value: Any, axes: dict) -> tuple:
     return tuple(out)
 
 
+def _spellings(axis: str, value: Any) -> tuple:
+    """How an `exclude` rule may name a grid value: a selector or student by name or label, a budget by its
+    number, anything else as itself."""
+    if axis == "selector":
+        return (value.name, value.label())
+    if axis == "student":
+        return (value.name, arch_label(value), value.label())
+    if axis == "budget":
+        return (value.value,)
+    return (value,)
+
+
 def excluded(values: dict[str, Any], exclude) -> bool:
-    """Whether a grid point {axis: value} matches one of the `exclude` rules (a selector by name or label)."""
-    for rule in exclude:
-        if all(
-            wanted in (values[axis].name, values[axis].label()) if axis == "selector" else values[axis] == wanted
-            for axis, wanted in rule
-        ):
-            return True
-    return False
+    """Whether a grid point {axis: value} matches one of the `exclude` rules (see _spellings)."""
+    return any(all(wanted in _spellings(axis, values[axis]) for axis, wanted in rule) for rule in exclude)

@@ -10,6 +10,7 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any
 
+from orchestrator.progress import TrialHeartbeat
 from orchestrator.results import SweepStore
 from workers import __version__
 from workers.config import ID_SCHEMA, TrialConfig, canonical_json
@@ -78,6 +79,7 @@ def run_one(
     ckpt = store.checkpoint_uri(trial_id)
     attempt = count_attempt(ckpt)
     started_at = datetime.now(timezone.utc)
+    beat = TrialHeartbeat(store, trial_id, trial_name(cfg), attempt)  # `ddsweep status` sees it running
     ctx = TrialContext(
         artifacts_root=store.artifacts_uri,
         checkpoint_dir=ckpt,
@@ -85,9 +87,11 @@ def run_one(
         num_threads=num_threads,
         checkpoint_interval_s=checkpoint_interval_s,
         device_fraction=device_fraction,
+        on_progress=beat.progress,
     )
     try:  # everything up to the published row: a failure anywhere is recorded with its traceback
-        metrics = run_trial(cfg, ctx)
+        with beat:
+            metrics = run_trial(cfg, ctx)
         row = build_row(sweep, cfg, metrics, attempt, started_at)
         if not store.write_row(row) and not store.has_row(trial_id):
             raise RuntimeError(

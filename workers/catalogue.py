@@ -95,6 +95,40 @@ DATASETS.declare(
     derive=_imagefolder_sizes,
 )
 
+_MINIVAL = Option(10, int, "train images per class held out for model choices", min=1)
+DATASETS.declare(
+    "cifar10",
+    "CIFAR-10 (50,000 train / 10,000 test 32x32 colour images, 10 classes) from torchvision's folder; in memory",
+    "workers.data.cifar:load_cifar10",
+    {"minival_per_class": _MINIVAL},
+    describe="workers.data.cifar:describe_cifar10",
+    needs_root=True,
+    root_doc="the folder that holds torchvision's cifar-10-batches-py/ (never downloaded)",
+)
+DATASETS.declare(
+    "cifar100",
+    "CIFAR-100 (50,000 train / 10,000 test 32x32 colour images, 100 fine classes) from torchvision's folder",
+    "workers.data.cifar:load_cifar100",
+    {"minival_per_class": _MINIVAL},
+    describe="workers.data.cifar:describe_cifar100",
+    needs_root=True,
+    root_doc="the folder that holds torchvision's cifar-100-python/ (never downloaded)",
+)
+DATASETS.declare(
+    "tinyimagenet",
+    "Tiny ImageNet (100,000 train / 10,000 val 64x64 images, 200 classes) as unzipped, in imagefolder's sharded cache",
+    "workers.data.tinyimagenet:load",
+    {
+        "image_size": Option(64, int, "side: 64 is native; others resize the shorter side and centre-crop", min=8),
+        "minival_per_class": _MINIVAL,
+        "shard_size": Option(1024, int, "images per cache shard (one build task each)", min=1),
+    },
+    describe="workers.data.tinyimagenet:describe",
+    needs_root=True,
+    cached=True,
+    root_doc="the folder that holds Tiny ImageNet's train/ and val/ (tiny-imagenet-200/ unzipped; never downloaded)",
+)
+
 # ---------------------------------------------------------------- architectures
 ARCHS.declare(
     "convnet",

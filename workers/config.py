@@ -237,6 +237,10 @@ class TrialConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig | None = None  # present only when the trial uses it (soft labels, teacher features)
     scoring: TrainConfig | None = None  # recipe of the full-data score runs, when the selector reads them
+    # The grid axes beyond the four required ones, as people name them ({"budget": "full_epochs20",
+    # "teacher": "weak", "student": "resnet18"}): in the trial's name and its row's config, never in its id
+    # (docs/design.md §5); a named teacher's config is in `teacher` already.
+    tags: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -250,6 +254,7 @@ class TrialConfig:
             "train": self.train.to_json(),
             "teacher": self.teacher.to_json() if self.teacher else None,
             **({"scoring": self.scoring.to_json()} if self.scoring else {}),
+            **({"tags": dict(self.tags)} if self.tags else {}),
         }
 
     def identity(self) -> dict[str, Any]:
@@ -279,6 +284,7 @@ class TrialConfig:
             train=TrainConfig(**d.get("train", {})),
             teacher=TeacherConfig.from_json(d["teacher"]) if d.get("teacher") else None,
             scoring=TrainConfig(**d["scoring"]) if d.get("scoring") else None,
+            tags=tuple(sorted((d.get("tags") or {}).items())),
         )
 
 
@@ -367,9 +373,12 @@ NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
 def trial_identity(d: Mapping[str, Any], neutral: Mapping[tuple[str, ...], Any] | None = None) -> dict[str, Any]:
     """The part of a trial's config JSON its id hashes: everything, less the recipe settings its regime
     never reads (TRAIN_OPTIONS `only_for`; score runs train with hard labels, so their recipe drops every
-    soft-label setting), less settings added after schema 1 that hold their neutral value."""
+    soft-label setting), less settings added after schema 1 that hold their neutral value, less the `tags`
+    (names for people: a teacher's name in the sweep, the budget and student spelled out)."""
     out: dict[str, Any] = {}
     for key, value in d.items():
+        if key == "tags":
+            continue
         out.update(_section(key, value, d.get("regime"), neutral))
     if ID_SCHEMA > 1:
         out["id_schema"] = ID_SCHEMA

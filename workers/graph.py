@@ -1,6 +1,6 @@
 """The artifact graph: which shared stages a trial needs, their content-addressed keys, their dependencies.
 
-A cached data set (imagefolder) adds its `cache` (and the cache its `shard`s) to the dependencies of every
+A cached data set (imagefolder, tinyimagenet) adds its `cache` (and the cache its `shard`s) to the dependencies of every
 stage and trial that reads it; digits has none, so its keys and trial ids are those of before.
 
 No torch. A key hashes exactly the config that produces the artifact (docs/design.md §4), so a

@@ -47,6 +47,7 @@ class DatasetEntry(Entry):
     needs_root: bool = False
     cached: bool = False  # decoded once into a `cache` artifact (sharded) that its readers depend on
     derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # fills options that default to others
+    root_doc: str = "the folder that holds train/ and val/"  # what `dataset.root` must point at
 
     def facts(self, root: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
         """class_names, train_class_sizes, num_train, image_shape: read without torch."""

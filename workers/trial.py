@@ -49,6 +49,7 @@ class TrialContext:
     device: str | None = None
     checkpoint_interval_s: float = 60.0
     num_threads: int | None = None
+    on_progress: Callable[[float, int], None] | None = None  # (fraction of the images seen, epochs done)
     # Where the training images live: auto = on the device when they fit device_fraction of its free memory,
     # else in (pinned) host memory when they fit that fraction of it, else streamed from the cache per batch.
     # Every placement trains on the same batches (the same numbers); device/host/stream force one.
@@ -121,7 +122,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         config.seed,
         evals,
         Checkpointer(ctx.checkpoint_dir, ctx.checkpoint_interval_s),
-        TrainHooks(progress=ctx.report),
+        TrainHooks(progress=ctx.report, on_epoch_end=_progress_hook(ctx, len(sub_y), plan.images_seen)),
     )
     final = result["history"][-1]
     return {
@@ -150,6 +151,13 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "history": result["history"],
     }
+
+
+def _progress_hook(ctx: TrialContext, n_data: int, images: int):
+    """After each epoch: the share of the trial's images seen so far (every epoch but the last is n_data)."""
+    if ctx.on_progress is None:
+        return None
+    return lambda epoch, model: ctx.on_progress(min(1.0, (epoch + 1) * n_data / images), epoch + 1)
 
 
 def clear_checkpoint(ctx: TrialContext) -> None:

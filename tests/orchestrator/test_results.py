@@ -114,12 +114,13 @@ def test_status_counts_a_retryable_failure_as_started_and_a_final_one_as_failed(
     assert cli.main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "2 trials: 0 done, 1 started, 0 failed, 1 pending" in out
-    assert f"retrying {trial_name(a)}: attempt 1 failed: RuntimeError: node lost" in out
+    assert "1 x RuntimeError: node lost" in out and f"{trial_name(a)} (attempt 1, retrying)" in out
 
     SweepStore(tmp_path, "st").mark_failures_final({a.trial_id: ("RuntimeError: node lost", "tb")})
     assert cli.main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
-    assert "2 trials: 0 done, 0 started, 1 failed, 1 pending" in out and f"failed {trial_name(a)} (attempt 1)" in out
+    assert "2 trials: 0 done, 0 started, 1 failed, 1 pending" in out
+    assert "1 failed for good, 0 retrying" in out and f"{trial_name(a)} (attempt 1)\n" in out
     assert set(SweepStore(tmp_path, "st").failures()) == {a.trial_id}
 
 

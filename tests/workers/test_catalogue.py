@@ -113,13 +113,9 @@ def test_every_stage_kind_builds_from_key_store_and_folder(name):
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_every_dataset_describes_itself_without_loading_torch(name, tmp_path):
     if DATASETS[name].needs_root:
-        from PIL import Image
+        from datafiles import make_root
 
-        for split in ("train", "val"):
-            for c in ("a", "b"):
-                (tmp_path / split / c).mkdir(parents=True)
-                for i in range(12):
-                    Image.new("RGB", (10, 12), (i * 20, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+        make_root(name, tmp_path)
     root = str(tmp_path) if DATASETS[name].needs_root else None
     opts = DATASETS[name].resolve({}, "dataset")[0]
     if DATASETS[name].derive:

@@ -307,8 +307,20 @@ def decode(path: Path, resize: int, crop: int, interpolation: str = "bilinear") 
 
 
 # ---------------------------------------------------------------- the shard and cache stages
+# Other layouts decoded by the same shard and cache stages: a cache rule's "layout" -> "module:function" giving
+# the Listing of (root, minival_per_class). A rule without "layout" is this module's (and keeps its key).
+LAYOUTS = {"tinyimagenet": "workers.data.tinyimagenet:cache_listing"}
+
+
 def _rule_listing(rule: dict) -> Listing:
-    lst = listing(rule["root"], rule["minival_per_class"], rule["val_labels"])
+    layout = rule.get("layout")
+    if layout is None:
+        lst = listing(rule["root"], rule["minival_per_class"], rule["val_labels"])
+    else:
+        import importlib
+
+        module, _, attr = LAYOUTS[layout].partition(":")
+        lst = getattr(importlib.import_module(module), attr)(rule["root"], rule["minival_per_class"])
     if lst.digest != rule["listing"]:
         raise DataError(
             f"dataset.root: the files under {rule['root']} changed since this cache was planned (listing "
@@ -434,13 +446,17 @@ _OPEN: dict[tuple[str, str, int], Splits] = {}
 def load(root: str | None = None, store=None, **options) -> Splits:
     """The splits as sharded arrays over the cache in `store` (built first if missing): nothing is read until
     it is indexed, and every image read is checked against its digest once per process."""
-    from workers.graph import shard_keys
-
     if store is None:
         raise DataError("imagefolder reads its cache from the artifact store: load_splits(dataset, store)")
-    key = cache_key(root, **options)
+    return open_cache(cache_key(root, **options), store, int(options.get("image_size", 32)))
+
+
+def open_cache(key: ArtifactKey, store, input_side: int) -> Splits:
+    """The splits of the cache `key` in `store` (built first if missing), for a student input of `input_side`."""
+    from workers.graph import shard_keys
+
     ensure_cache(key, store)
-    memo = (store.st.uri, key.digest, int(options.get("image_size", 32)))  # one cache, several input sides
+    memo = (store.st.uri, key.digest, input_side)  # one cache, several input sides
     if memo in _OPEN and store.ready(key):
         return _OPEN[memo]
     folder = store.path(key)
@@ -470,7 +486,7 @@ def load(root: str | None = None, store=None, **options) -> Splits:
         *arrays["minival"],
         *arrays["val"],
         tuple(manifest["class_names"]),
-        input_side=int(options.get("image_size", 32)),
+        input_side=input_side,
     )
     _OPEN[memo] = splits
     return splits
