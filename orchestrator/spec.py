@@ -285,7 +285,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
                 if n > 1
             )
             base = TrialConfig(dataset, st, Named("random"), "hl", 1, 0, b, train=train, teacher=tcfg)
-            _selector_rules(c, warnings, axes, base, where)
+            _selector_rules(c, warnings, axes, base, where, exclude)
     if axes:
         users = [f"regime {r!r}" for r in axes["regime"] if REGIMES[r].needs_teacher]
         users += [f"selector {s.name!r}" for s in axes["selector"] if needs_teacher(s, "hl")]
@@ -363,15 +363,21 @@ def _in_ray_job_working_dir(folder: Path) -> bool:
     return any(p.startswith("_ray_pkg_") or p == "runtime_resources" for p in folder.parts)
 
 
-def _selector_rules(c: _Checker, warnings: list[str], axes: dict, base: TrialConfig, where: str = "") -> None:
+def _selector_rules(
+    c: _Checker, warnings: list[str], axes: dict, base: TrialConfig, where: str = "", exclude: tuple = ()
+) -> None:
     """Method-specific checks that need the whole trial (errors: `validate`, e.g. RDED's pool size; warnings:
-    `advise`, e.g. CAD's scoring run raised to J + W epochs), first offending IPC per selector. `where` names
-    the budget, teacher or student of `base` when the grid lists several."""
+    `advise`, e.g. CAD's scoring run raised to J + W epochs), first offending IPC per selector, skipping the
+    (selector, IPC) pairs that `exclude` removes. `where` names the budget, teacher or student of `base` when
+    the grid lists several."""
     at = f" ({where})" if where else ""
+    pair_rules = tuple(r for r in exclude if {axis for axis, _ in r} <= {"selector", "ipc"})
     for i, sel in enumerate(axes["selector"]):
         entry = SELECTORS[sel.name]
         for rule, is_error in ((entry.validate, True), (entry.advise, False)):
             for ipc in axes["ipc"] if rule else ():
+                if pair_rules and excluded({"selector": sel, "ipc": ipc}, pair_rules):
+                    continue
                 msg = rule(sel, replace(base, selector=sel, ipc=ipc))
                 if msg:
                     if is_error:
@@ -709,7 +715,7 @@ def _exclude(c: _Checker, value: Any, axes: dict) -> tuple:
         ok = True
         for axis, v in d.items():
             present = [shown for value in axes[axis] for shown in _spellings(axis, value)]
-            if v not in present:
+            if not any(_matches(axis, value, v) for value in axes[axis]):
                 c.err(
                     f"{path}.{axis}",
                     f"{v!r} matches nothing in grid.{axis}; the grid has {', '.join(map(str, dict.fromkeys(present)))}",
@@ -732,6 +738,20 @@ def _spellings(axis: str, value: Any) -> tuple:
     return (value,)
 
 
+def _matches(axis: str, value: Any, wanted: Any) -> bool:
+    """Whether an `exclude` rule's `wanted` names `value`: one of its spellings, or, for a selector or student,
+    `name(k=v,...)` listing only some of its options (`rded(mipc=400)` names every rded entry with mipc 400)."""
+    if wanted in _spellings(axis, value):
+        return True
+    if axis not in ("selector", "student") or not isinstance(wanted, str):
+        return False
+    m = re.fullmatch(r"([\w.-]+)\((.+)\)", wanted.replace(" ", ""))
+    if not m or m.group(1) != value.name:
+        return False
+    have = {f"{k}={v}" for k, v in value.options}
+    return set(m.group(2).split(",")) <= have
+
+
 def excluded(values: dict[str, Any], exclude) -> bool:
-    """Whether a grid point {axis: value} matches one of the `exclude` rules (see _spellings)."""
-    return any(all(wanted in _spellings(axis, values[axis]) for axis, wanted in rule) for rule in exclude)
+    """Whether a grid point {axis: value} matches one of the `exclude` rules (see _matches)."""
+    return any(all(_matches(axis, values[axis], wanted) for axis, wanted in rule) for rule in exclude)

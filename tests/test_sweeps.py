@@ -17,9 +17,9 @@ from orchestrator.grid import expand
 from orchestrator.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
-# Templates whose paths a user edits first (ImageNet-1K with torchvision's weights: no tree or weights file here)
-TEMPLATES = {"imagenet"}
-SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.stem not in TEMPLATES)
+# ImageNet-1K sweeps name a tree and torchvision's weights a user points them at: tested apart, on a stand-in tree
+IMAGENET = sorted((REPO / "sweeps").glob("imagenet*.yaml"))
+SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p not in IMAGENET)
 ROOT = re.compile(r"(dataset: \{name: (\w+), root: )(/data/[^,}\s]+)")
 
 
@@ -53,3 +53,47 @@ def test_every_sweep_file_validates_and_its_header_counts_its_trials(path, roots
     assert stated, f"{path.name}: the header comment gives no trial count"
     assert int(stated.group(1).replace(",", "")) == len(trials), f"{path.name}: the header says {stated.group(0)}"
     assert f"ddsweep run sweeps/{path.name}" in header(text)
+
+
+@pytest.fixture(scope="module")
+def imagenet_stand_in(tmp_path_factory) -> tuple[Path, Path]:
+    """1000 WNID-named classes with as many train files as the sweeps' largest IPC needs and one val file each:
+    hard links to one small JPEG per class (nothing is decoded before a run), and a weights file to hash."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imagenet")
+    per_class = max(
+        max(map(int, re.search(r"ipc: \[([\d, ]+)\]", p.read_text()).group(1).split(","))) for p in IMAGENET
+    )
+    for c in range(1000):
+        wnid = f"n{c:08d}"
+        src = root / f"{wnid}.JPEG"
+        Image.new("RGB", (40, 30), (c % 256, 90, 30)).save(src)
+        for split, n in (("train", per_class + 11), ("val", 1)):
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                (root / split / wnid / f"{wnid}_{i}.JPEG").hardlink_to(src)
+    weights = root / "resnet18.pth"
+    weights.write_bytes(b"stand-in weights: hashed by validation, never loaded before a run")
+    return root, weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", IMAGENET, ids=[p.stem for p in IMAGENET])
+def test_every_imagenet_sweep_validates_plans_and_counts_its_trials(path, imagenet_stand_in, tmp_path, capsys):
+    from orchestrator import cli
+
+    root, weights = imagenet_stand_in
+    text = path.read_text()
+    assert "root: /data/imagenet\n" in text and "/data/weights/resnet18-f37072fd.pth" in text
+    text = re.sub(r"  val_labels: .*\n", "", text.replace("root: /data/imagenet\n", f"root: {root}\n"))
+    text = text.replace("/data/weights/resnet18-f37072fd.pth", str(weights))
+    text = re.sub(r"storage: \S+", f"storage: {tmp_path}", text)
+    trials = expand(parse_spec(text, source=path.name))
+    stated = re.search(r"(\d[\d,]*) trials", header(text))
+    assert stated and int(stated.group(1).replace(",", "")) == len(trials), f"{path.name}: {stated}"
+    assert f"ddsweep run sweeps/{path.name}" in header(text)
+    edited = tmp_path / path.name
+    edited.write_text(text)
+    assert cli.main(["plan", str(edited), "--estimate", "--images-per-second", "3000"]) == 0
+    assert "GPU-hours" in capsys.readouterr().out

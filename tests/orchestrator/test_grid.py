@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.grid import expand, stages_for
-from orchestrator.spec import load_spec, parse_spec
+from orchestrator.spec import SpecError, load_spec, parse_spec
 from workers.catalogue import REGIMES, SELECTORS
 from workers.graph import requires, stage_deps, subset_key
 from workers.naming import trial_name
@@ -250,6 +250,36 @@ def test_exclude_by_selector_label(tmpsel):
     assert len(full) == 8
     assert [t.trial_id for t in by_label] == [t.trial_id for t in full if t.selector.opts["offset"] == 0.2]
     assert [t.trial_id for t in by_name] == [t.trial_id for t in full if t.ipc != 1]
+
+
+def test_exclude_by_a_label_naming_only_some_options(tmpsel):
+    """`name(k=v)` matches every entry of that name whose resolved options include k=v (a label need not list
+    the defaults it does not care about); a label whose options match no entry is still an error."""
+    grid = dict(selector=f"[{{name: {tmpsel}, offset: 0.8}}, {{name: {tmpsel}, offset: 0.2}}]")
+    full = expand(parse_spec(sweep(**grid)))
+    partial = expand(parse_spec(sweep(**grid, extra=f"exclude: [{{selector: '{tmpsel}(offset=0.8)', ipc: 1}}]\n")))
+    assert [t.trial_id for t in partial] == [
+        t.trial_id for t in full if not (t.selector.opts["offset"] == 0.8 and t.ipc == 1)
+    ]
+    with pytest.raises(SpecError, match=r"exclude\[0\]\.selector: .*offset=0\.5.* matches nothing"):
+        parse_spec(sweep(**grid, extra=f"exclude: [{{selector: '{tmpsel}(offset=0.5)'}}]\n"))
+
+
+def test_a_method_rule_is_not_applied_at_an_ipc_its_entry_is_excluded_from(tmp_path):
+    """RDED's pool rule (mipc >= IPC x factor^2) holds for the (entry, IPC) pairs that run, not for excluded ones."""
+    text = f"""
+name: pool
+storage: {tmp_path}
+dataset: {{name: digits}}
+student: {{arch: convnet, depth: 2, width: 8}}
+teacher: {{arch: convnet, depth: 2, width: 8, norm: batch, epochs: 1, min_top1_factor: 1}}
+budget: {{epochs: 1}}
+grid: {{selector: [{{name: rded, mipc: 5}}, {{name: rded, mipc: 20}}], regime: [hl], ipc: [1, 10], seed: [0]}}
+"""
+    with pytest.raises(SpecError, match=r"grid\.selector\[0\]: .*mipc = 5"):
+        parse_spec(text)
+    spec = parse_spec(text + "exclude: [{selector: 'rded(mipc=5)', ipc: 10}]\n")
+    assert sorted((t.selector.opts["mipc"], t.ipc) for t in expand(spec)) == [(5, 1), (20, 1), (20, 10)]
 
 
 def test_grid_size_is_product_minus_excluded(sl_regime):
