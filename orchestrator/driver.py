@@ -173,6 +173,22 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
     return 0 if not missing else 1
 
 
+def _trial_resources(pending: list[TrialConfig], res):
+    """Tune's resources per trial: the trial's CPUs and GPUs, except for a `full` trial spread over
+    `stage_workers` DDP ranks, whose Tune slot only waits for its Ray Train group (the ranks hold the CPUs
+    and GPUs; orchestrator/distributed.py)."""
+    from orchestrator.trainable import uses_whole_split
+
+    plain = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+    if res.stage_workers <= 1:
+        return plain
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    spread = {t.trial_id for t in pending if uses_whole_split(t)}
+    waiting, own = resource_dict_to_pg_factory({"cpu": 0.01, "gpu": 0}), resource_dict_to_pg_factory(plain)
+    return lambda config: waiting if config.get("trial_id") in spread else own
+
+
 def _launch(
     spec: SweepSpec, store: SweepStore, plan: Plan, checkpoint_interval_s: float, stamp: str, console
 ) -> list[TrialConfig]:
@@ -198,8 +214,9 @@ def _launch(
             num_threads=max(1, int(res.cpus_per_trial)),
             device_fraction=res.device_fraction,
             checkpoint_interval_s=checkpoint_interval_s,
+            data_parallel={"workers": res.stage_workers, "cpus": res.cpus_per_trial, "gpus": res.gpus_per_trial},
         ),
-        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial},
+        _trial_resources(plan.pending, res),
     )
     progress = _progress_callback(names, len(plan.trials), len(plan.done), stages)
     searcher = ready_trials_searcher(plan.pending, stages, store, on_failed=progress.stage_failed)

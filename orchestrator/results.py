@@ -71,6 +71,7 @@ SCHEMA = pa.schema(
         ("history_json", pa.string()),
         ("id_schema", pa.int64()),  # the trial-id rule the row's trial_id follows (null: 1)
         ("num_threads", pa.int64()),  # torch threads the trial trained with (reproduce with the same)
+        ("workers", pa.int64()),  # data-parallel ranks the trial trained on (resources.stage_workers; null: 1)
     ]
 )
 

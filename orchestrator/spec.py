@@ -80,7 +80,10 @@ RESOURCE_OPTIONS: dict[str, Option] = {
     "max_concurrent": Option(None, int, "trials running at once at most (null: as many as fit)", min=1, nullable=True),
     "max_failures": Option(2, int, "retries of a failed trial before it is recorded as failed", min=0),
     "stage_workers": Option(
-        1, int, "data-parallel workers (each with the trial's CPUs and GPUs) per score run and teacher training", min=1
+        1,
+        int,
+        "data-parallel workers (each with the trial's CPUs and GPUs) per score run, teacher training and full trial",
+        min=1,
     ),
     "device_fraction": Option(
         0.5,

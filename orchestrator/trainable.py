@@ -13,6 +13,7 @@ from typing import Any
 from orchestrator.progress import TrialHeartbeat
 from orchestrator.results import SweepStore
 from workers import __version__
+from workers.catalogue import SELECTORS
 from workers.config import ID_SCHEMA, TrialConfig, canonical_json
 from workers.naming import selector_label, trial_name
 from workers.storage import Storage
@@ -68,8 +69,11 @@ def run_one(
     report=None,
     checkpoint_interval_s: float = 60.0,
     device_fraction: float = 0.5,
+    data_parallel: dict | None = None,
 ) -> dict | None:
-    """Run a trial unless its row exists. Returns the row written, or None when there was nothing to do."""
+    """Run a trial unless its row exists. Returns the row written, or None when there was nothing to do.
+    `data_parallel` ({workers, cpus, gpus}, workers > 1): a `full` trial trains on that many DDP ranks
+    (orchestrator/distributed.py); other trials ignore it."""
     from workers.trial import TrialContext, clear_checkpoint, run_trial
 
     store = SweepStore(storage, sweep)
@@ -91,7 +95,21 @@ def run_one(
     )
     try:  # everything up to the published row: a failure anywhere is recorded with its traceback
         with beat:
-            metrics = run_trial(cfg, ctx)
+            if data_parallel and data_parallel["workers"] > 1 and uses_whole_split(cfg):
+                from orchestrator.distributed import run_trial_data_parallel
+
+                metrics = run_trial_data_parallel(
+                    trial_id,
+                    trials_json[trial_id],
+                    store.artifacts_uri,
+                    ckpt,
+                    **data_parallel,
+                    num_threads=num_threads,
+                    checkpoint_interval_s=checkpoint_interval_s,
+                    device_fraction=device_fraction,
+                )
+            else:
+                metrics = run_trial(cfg, ctx)
         row = build_row(sweep, cfg, metrics, attempt, started_at)
         if not store.write_row(row) and not store.has_row(trial_id):
             raise RuntimeError(
@@ -120,6 +138,7 @@ def trainable(
     num_threads: int,
     checkpoint_interval_s: float,
     device_fraction: float = 0.5,
+    data_parallel: dict | None = None,
 ) -> None:
     from ray import tune
 
@@ -132,8 +151,15 @@ def trainable(
         report=lambda r: tune.report({k: v for k, v in r.items() if isinstance(v, (int, float))}),
         checkpoint_interval_s=checkpoint_interval_s,
         device_fraction=device_fraction,
+        data_parallel=data_parallel,
     )
     final = {"ddsweep_done": 1}
     if row is not None:
         final.update({"top1": row["top1"], "minival_top1": row["minival_top1"], "total_seconds": row["total_seconds"]})
     tune.report(final)
+
+
+def uses_whole_split(cfg: TrialConfig) -> bool:
+    """Trials that train on the whole train split (`full`): the ones `resources.stage_workers` spreads over
+    several DDP ranks. Subset trials are small; a sweep runs many of them side by side instead."""
+    return not SELECTORS[cfg.selector.name].balanced

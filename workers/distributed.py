@@ -88,4 +88,7 @@ class Dist:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         device = torch.device(device)
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if device.type != "cuda":
+            return DDP(model)
+        # "cuda" is the current device, which the launcher set to this rank's GPU (orchestrator/distributed.py)
+        return DDP(model, device_ids=[torch.cuda.current_device() if device.index is None else device.index])

@@ -352,11 +352,16 @@ def train(
             hooks.on_epoch_end(epoch, model)
         if epoch in eval_epochs:
             row = {"epoch": epoch + 1, "images_seen": images_seen, "train_loss": float(loss.item())}
-            for split, data in evals.items():
-                row.update({f"{split}_{k}": v for k, v in evaluate(model, data, precision=precision).items()})
+            if dist is not None:  # one model to evaluate: rank 0's BatchNorm statistics everywhere
+                dist.broadcast_state(model)
+            if dist is None or dist.leader:  # the leader evaluates the whole splits; the others wait for it
+                for split, data in evals.items():
+                    row.update({f"{split}_{k}": v for k, v in evaluate(model, data, precision=precision).items()})
+                if hooks.progress is not None:
+                    hooks.progress(row)
+            if dist is not None:
+                dist.barrier()
             history.append(row)
-            if hooks.progress is not None:
-                hooks.progress(row)
         state = {
             "epoch": epoch + 1,
             "images_seen": images_seen,

@@ -30,6 +30,7 @@ from workers.catalogue import REGIMES
 from workers.config import TrialConfig
 from workers.data import load_splits
 from workers.data.shards import ShardedImages
+from workers.distributed import Dist
 from workers.graph import kd_labels_key, requires, subset_key, teacher_key
 from workers.naming import trial_name
 from workers.storage import Storage, child_uri
@@ -55,23 +56,30 @@ class TrialContext:
     # Every placement trains on the same batches (the same numbers); device/host/stream force one.
     placement: str = "auto"
     device_fraction: float = 0.5
+    # A data-parallel trial (workers.distributed): every rank calls run_trial with its Dist; rank 0 alone
+    # evaluates, checkpoints and returns the metrics (the others return None).
+    dist: Dist | None = None
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement {self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
 
 
-def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
+def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any] | None:
     t_start = time.time()
     if ctx.num_threads:
         torch.set_num_threads(ctx.num_threads)
     device = models.pick_device(ctx.device)
     store = ArtifactStore(ctx.artifacts_root)
+    dist = ctx.dist
 
     # Shared stages: normally built by the driver already; built here when run without one.
     t0 = time.perf_counter()
-    for key in requires(config):
-        stages.build(key, store)
+    if dist is None or dist.leader:
+        for key in requires(config):
+            stages.build(key, store)
+    if dist is not None:
+        dist.barrier()
     skey = subset_key(config)
     splits = load_splits(config.dataset, store)
     sub_x, sub_y, sub_ids = stages.load_training_set(skey, store, splits)
@@ -123,7 +131,10 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         evals,
         Checkpointer(ctx.checkpoint_dir, ctx.checkpoint_interval_s),
         TrainHooks(progress=ctx.report, on_epoch_end=_progress_hook(ctx, len(sub_y), plan.images_seen)),
+        dist=dist,
     )
+    if dist is not None and not dist.leader:
+        return None
     final = result["history"][-1]
     return {
         "subset_key": skey.digest,
@@ -148,6 +159,7 @@ def run_trial(config: TrialConfig, ctx: TrialContext) -> dict[str, Any]:
         "data_placement": placement,
         "host": socket.gethostname(),
         "num_threads": torch.get_num_threads(),
+        "workers": 1 if dist is None else dist.world,
         "torch_version": torch.__version__,
         "history": result["history"],
     }

@@ -134,3 +134,36 @@ def test_a_sweep_with_stage_workers_builds_its_score_runs_data_parallel(tmp_path
     assert len(results.load(tmp_path / "store", "dp")) == 2
     runs = [json.loads(p.read_text()) for p in (tmp_path / "store" / "artifacts" / "dynamics").glob("*/manifest.json")]
     assert len(runs) == 3 and all(m["workers"] == 2 for m in runs)  # 2 EL2N runs + the forgetting run
+
+
+def test_a_full_trial_with_stage_workers_trains_on_ddp_ranks_and_matches_one_process(tmp_path, cli_env):
+    """`full` trains on the whole split, so stage_workers spreads it over DDP ranks (a Ray Train group launched
+    from its Tune trial); subset trials stay on one worker. Without augmentation (each rank draws its own
+    views) and without BatchNorm (ConvNet's instance norm), 2 ranks train the model one process trains, up to
+    float summation order: measured 0.9610 top-1 both."""
+    from conftest import write_sweep
+    from test_e2e import run_cli
+
+    from orchestrator import results
+    from workers.config import TrialConfig
+    from workers.trial import TrialContext, run_trial
+
+    sweep = write_sweep(tmp_path / "full.yaml", name="full", ipc=(5,), seeds=(0,), epochs=60)
+    text = sweep.read_text().replace("selector: [random]", "selector: [full, random]")
+    text = text.replace("batch_size: 32}", "batch_size: 32, augment: none}")  # the ranks' views would differ
+    sweep.write_text(
+        text.replace("resources: {cpus_per_trial: 1}", "resources: {cpus_per_trial: 0.5, stage_workers: 2}")
+    )
+    out = run_cli(["run", str(sweep)], cli_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    df = results.load(tmp_path / "store", "full").set_index("selector")
+    assert df.loc["full", "workers"] == 2 and df.loc["random", "workers"] == 1
+    assert df.loc["full", "images_seen"] == 60 * 5 * 10  # the budget of IPC 5, seen across both ranks
+    history = json.loads(df.loc["full", "history_json"])  # 3,000 images of 1,338: evaluated after each epoch
+    assert [h["epoch"] for h in history] == [1, 2, 3] and all("test_top1" in h for h in history)  # from rank 0
+    assert not list((tmp_path / "store" / "full" / "checkpoints").glob("*/*"))  # cleared after the row
+
+    cfg = TrialConfig.from_json(json.loads(df.loc["full", "config_json"]))
+    one = run_trial(cfg, TrialContext(artifacts_root=tmp_path / "store" / "artifacts", num_threads=1))
+    print(f"full trial top1: 2 ranks {df.loc['full', 'top1']:.4f}, one process {one['top1']:.4f}")
+    assert one["workers"] == 1 and abs(one["top1"] - df.loc["full", "top1"]) < 0.005
