@@ -327,12 +327,16 @@ def _progress_callback(names: dict[str, str], total: int, already: int, stages: 
 
     class Progress(Callback):
         def __init__(self) -> None:
-            self.count, self.failed, self.t0 = already, 0, time.time()
+            self.count, self.failed, self.t0, self.polled = already, 0, time.time(), 0.0
 
         def on_trial_start(self, iteration, trials, trial, **info):
             live.trial_started(trial.config["trial_id"])
 
         def on_step_begin(self, iteration, trials, **info):
+            # Tune asks the searcher only while it has room for a trial: the stage lines are kept current here
+            if time.time() - self.polled > 1.0:
+                self.polled = time.time()
+                stages.poll()
             building = len(stages.refs) - len(stages.built) - len(stages.failed)
             live.update(sum(1 for t in trials if t.status == "RUNNING"), building)
             live.draw(force=False)

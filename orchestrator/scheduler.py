@@ -63,6 +63,7 @@ class StageBuilds:
         self.built: set[ArtifactKey] = set()
         self.failed: dict[ArtifactKey, tuple[str, str]] = {}  # key -> (message, traceback)
         self._waiting = {ref: k for k, ref in self.refs.items()}
+        self._fresh: list[ArtifactKey] = []  # finished since the last drain()
         if keys:
             say(f"building {len(keys)} shared stage(s); trials start as soon as theirs are built")
 
@@ -77,6 +78,7 @@ class StageBuilds:
         for ref in ready:
             key = self._waiting.pop(ref)
             finished.append(key)
+            self._fresh.append(key)
             try:
                 ray.get(ref)
                 self.built.add(key)
@@ -101,6 +103,11 @@ class StageBuilds:
                     + f" ({time.time() - self.t0:.0f}s)"
                 )
         return finished
+
+    def drain(self) -> list[ArtifactKey]:
+        """The stages finished since the last drain, whoever polled (the searcher's view of progress)."""
+        fresh, self._fresh = self._fresh, []
+        return fresh
 
     def wait(self, poll_s: float = 0.5) -> None:
         """Block until every stage has finished, built or failed."""
@@ -164,7 +171,8 @@ def ready_trials_searcher(
             return True
 
         def suggest(self, trial_id: str) -> dict | str | None:
-            for key in stages.poll():
+            stages.poll()
+            for key in stages.drain():
                 for i in waiting.pop(key, []):
                     file(i)
             if ready:
