@@ -22,6 +22,7 @@ from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
 from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
+from workers.graph import reads_dynamics
 from workers.naming import selector_label, trial_name
 
 EXIT_FAILED = 1  # some trials failed, or the report could not be written
@@ -104,7 +105,14 @@ def cmd_plan(args) -> int:
         t = spec.recipes[r]
         print(
             f"  recipe {r}: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}"
+            + (f", views {t.augment}" if r != "sl_kd" else ", views RRC+flip+CutMix")
             + (f", T {t.temperature:g}{' x T^2' if t.t2_scale else ''}" if r != "hl" else "")
+        )
+    if any(reads_dynamics(s) for s in spec.selectors):
+        t = spec.train
+        print(
+            f"  score runs: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}, "
+            f"views {t.augment}"
         )
     return 0
 

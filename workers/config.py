@@ -21,7 +21,7 @@ from workers.schedules import SCHEDULES
 
 BUDGET_UNITS = ("epochs", "full_epochs", "steps")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-AUGMENTATIONS = ("none", "crop", "crop_flip")
+AUGMENTATIONS = ("none", "crop", "crop_flip", "dsa")
 KD_BACKENDS = ("online", "stored")
 SOFT = ("sl", "sl_kd")  # the regimes that read soft-label settings
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers import dsa
 from workers.config import AUGMENTATIONS, TrainConfig
 from workers.seeding import counter_uniform
 
@@ -57,12 +58,13 @@ _AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "none": lambda x, gen: x,
     "crop": _shift,
     "crop_flip": _shift_flip,
+    "dsa": dsa.augment,  # DSA, one operation per batch (docs/methods.md §2.3)
 }
 assert set(_AUGMENT) == set(AUGMENTATIONS), "workers.config.AUGMENTATIONS and the views here must agree"
 
 
 def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip."""
+    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip, dsa."""
     return _AUGMENT[kind](x, gen)
 
 
