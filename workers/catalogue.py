@@ -222,13 +222,56 @@ def _bn_teacher_problem(selector: Named, trial: TrialConfig) -> str | None:
     return None
 
 
+def _schedule_epochs_option(value: Any) -> str | None:
+    if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return "is not a number of epochs; give an integer >= 1, or epoch (the schedule ends at the scored epoch)"
+
+
+def schedule_epochs(opts: dict[str, Any]) -> int:
+    """Epochs the score runs' learning-rate schedule spans (docs/methods.md §4.4): `schedule_epochs`, or the
+    scored epoch itself for `schedule_epochs: epoch` (the runs' schedule ends where they are scored)."""
+    return int(opts["epoch"] if opts["schedule_epochs"] == "epoch" else opts["schedule_epochs"])
+
+
+def _schedule_problem(selector: Named, trial: TrialConfig) -> str | None:
+    o = selector.opts
+    if schedule_epochs(o) < o["epoch"]:
+        return (
+            f"schedule_epochs = {o['schedule_epochs']} is shorter than the scored epoch {o['epoch']}; the schedule "
+            "must cover the run (give schedule_epochs >= epoch, or epoch)"
+        )
+    return None
+
+
+def _early_score_run(trial: TrialConfig) -> dict[str, Any]:
+    """EL2N/GraNd runs stop at `epoch` of a `schedule_epochs`-long schedule; the key says so only when the two
+    differ (a run of 0 epochs trains nothing, so its schedule does not matter)."""
+    o = trial.selector.opts
+    length = schedule_epochs(o)
+    return {"schedule_epochs": length} if o["epoch"] > 0 and length != o["epoch"] else {}
+
+
 # ---------------------------------------------------------------- selectors (real images)
 _RUNS = Option(10, int, "independent full-data runs averaged (docs/methods.md §4.4: 10)", min=1)
-_EPOCH = Option(20, int, "full-data epochs of the scoring runs (docs/methods.md §4.4: 20)", min=1)
+_EPOCH = Option(20, int, "the epoch the runs are scored at (docs/methods.md §4.4: 20)", min=1)
+_SCHEDULE = Option(
+    200,
+    object,
+    "epochs the runs' learning-rate schedule spans; the runs stop at `epoch` (Paul et al.: 200; "
+    "`epoch`: the schedule ends at the scored epoch)",
+    check=_schedule_epochs_option,
+)
 _DYN_EPOCHS = Option(30, int, "full-data epochs of the one scoring run", min=2)
 _SCORED = {"inputs": ("dynamics",)}
-_EL2N = {"runs": _RUNS, "epoch": _EPOCH}  # EL2N's options and facts: runs scored at an early epoch
-_AT_EPOCH = {"score_epochs": option_epochs("epoch"), **_SCORED}
+# EL2N's options and facts: runs scored at an early epoch of a normal-length schedule
+_EL2N = {"runs": _RUNS, "epoch": _EPOCH, "schedule_epochs": _SCHEDULE}
+_AT_EPOCH = {
+    "score_epochs": option_epochs("epoch"),
+    "score_run": _early_score_run,
+    "validate": _schedule_problem,
+    **_SCORED,
+}
 
 SELECTORS.declare(
     "random",
@@ -286,7 +329,11 @@ SELECTORS.declare(
     "grand",
     "highest GraNd: last-layer gradient norm near initialisation, mean over runs",
     "workers.selectors.scored:grand",
-    {"runs": _RUNS, "epoch": Option(0, int, "epoch of the score (0 = at init)", min=0)},
+    {
+        "runs": _RUNS,
+        "epoch": Option(0, int, "epoch of the score (0 = at init)", min=0),
+        "schedule_epochs": _SCHEDULE,
+    },
     **_AT_EPOCH,
 )
 SELECTORS.declare(

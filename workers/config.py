@@ -249,10 +249,13 @@ class TrialConfig:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TrialConfig:
+        """The config of a row's `config_json`. A row written before an option existed ran the behaviour of
+        that option's neutral value (NEUTRAL_SINCE_SCHEMA_1), so the option is filled in with it: the trial
+        runs as it ran then, under the same id."""
         return cls(
             dataset=DatasetConfig.from_json(d["dataset"]),
             student=Named.make(d["student"]["name"], d["student"].get("options")),
-            selector=Named.make(d["selector"]["name"], d["selector"].get("options")),
+            selector=Named.make(d["selector"]["name"], _with_neutral("selector", d["selector"])),
             regime=d["regime"],
             ipc=int(d["ipc"]),
             seed=int(d["seed"]),
@@ -310,7 +313,11 @@ ID_SCHEMA = 1
 # (field,) for a new top-level field, and (section, name, option) for the options of a named entry:
 # ("selector", "el2n", "schedule_epochs"), ("student", "resnet18", ...), ("dataset", "imagefolder", ...).
 # A setting added without an entry here changes ids, and the golden-id test (tests/test_trial_ids.py) fails.
-NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {}
+NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
+    # issue #14: EL2N/GraNd score runs stop at `epoch` of a `schedule_epochs`-long schedule (default 200);
+    # "epoch" is the schedule that ends at the scored epoch, as before.
+    **{("selector", n, "schedule_epochs"): "epoch" for n in ("el2n", "el2n_easy", "el2n_window", "grand")},
+}
 
 
 def trial_identity(d: Mapping[str, Any], neutral: Mapping[tuple[str, ...], Any] | None = None) -> dict[str, Any]:
@@ -396,6 +403,15 @@ def canonical_of(part: Any) -> str:
     if "plain" not in cache:
         cache["plain"] = canonical_json(part.to_json())
     return cache["plain"]
+
+
+def _with_neutral(section: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A named entry's options, with every option added after schema 1 that it lacks set to its neutral value."""
+    opts = dict(entry.get("options") or {})
+    for path, value in NEUTRAL_SINCE_SCHEMA_1.items():
+        if len(path) == 3 and path[0] == section and path[1] == entry["name"]:
+            opts.setdefault(path[2], value)
+    return opts
 
 
 def _reads(key: str, regime: str | None) -> bool:

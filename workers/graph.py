@@ -37,17 +37,26 @@ def features_key(tkey: ArtifactKey) -> ArtifactKey:
     return ArtifactKey.from_parts("features", {"teacher": tkey.config_json})
 
 
-def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int) -> ArtifactKey:
-    return ArtifactKey.from_parts(
-        "dynamics",
-        {
-            "dataset": canonical_of(dataset),
-            "arch": canonical_of(arch),
-            "epochs": str(int(epochs)),
-            "run": str(int(run)),
-            "recipe": _score_recipe(recipe),
-        },
-    )
+def dynamics_key(
+    dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int, extra: dict | None = None
+) -> ArtifactKey:
+    """A score run. `extra` holds what only some runs have (docs/design.md §4): `schedule_epochs` (the
+    learning-rate schedule spans more epochs than the run lasts), `records` (per-epoch arrays beyond the
+    standard ones); absent from a plain run's key, so the keys of plain runs stay as they were."""
+    parts = {
+        "dataset": canonical_of(dataset),
+        "arch": canonical_of(arch),
+        "epochs": str(int(epochs)),
+        "run": str(int(run)),
+        "recipe": _score_recipe(recipe),
+    }
+    for k, v in (extra or {}).items():
+        assert k in _EXTRA and k not in parts, k
+        parts[k] = canonical_json(v)
+    return ArtifactKey.from_parts("dynamics", parts)
+
+
+_EXTRA = ("schedule_epochs", "records")  # the optional fields of a score run's key
 
 
 @lru_cache(maxsize=1024)
@@ -127,8 +136,10 @@ def _inputs(trial: TrialConfig) -> tuple[ArtifactKey, ...]:
     if "dynamics" in entry.inputs:
         epochs = entry.score_epochs(trial)
         recipe = trial.scoring or trial.train
+        extra = dict(entry.score_run(trial)) if entry.score_run else {}
         keys += [
-            dynamics_key(trial.dataset, trial.student, recipe, epochs, run) for run in range(entry.score_runs(trial))
+            dynamics_key(trial.dataset, trial.student, recipe, epochs, run, extra)
+            for run in range(entry.score_runs(trial))
         ]
     return tuple(keys)
 

@@ -66,6 +66,9 @@ INPUTS = ("features", "teacher", "dynamics")
 class SelectorEntry(Entry):
     inputs: tuple[str, ...] = ()
     score_epochs: Callable[[TrialConfig], int] | None = None  # length of its score runs (inputs has dynamics)
+    # Extra fields of its score runs' artifact keys, only where they differ from a plain run (a learning-rate
+    # schedule longer than the run, records beyond the standard ones): {} keeps the keys of plain runs.
+    score_run: Callable[[TrialConfig], dict[str, Any]] | None = None
     balanced: bool = True  # exactly IPC per class (every selector but `full`)
     distiller: bool = False  # synthesises images instead of choosing real ones
     validate: TrialRule | None = None  # an error before launch

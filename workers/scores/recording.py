@@ -5,6 +5,9 @@ clean images in eval mode: `prob_true` (p_y), `margin` (p_y - max other p, for A
 (||p - e_y||), `grand` (the last-layer gradient-norm closed form); and `correct` (epochs x N
 bool): whether the training mini-batch forward classified the sample (forgetting, as
 DeepCore/CCS). Never per-batch logs, never pickles (docs/methods.md §4).
+
+A run's key may add (workers.graph.dynamics_key): `schedule_epochs` (the learning-rate schedule spans
+that many epochs and the run stops after `epochs`).
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
     record(0, model)
     if epochs > 0:
         p = plan(BudgetConfig("epochs", epochs), n, n, recipe.batch_size)
+        schedule = plan(BudgetConfig("epochs", cfg.get("schedule_epochs", epochs)), n, n, recipe.batch_size)
         hooks = TrainHooks(on_batch=on_batch, on_epoch_end=lambda e, m: record(e + 1, m))
-        train(model, HardLabels(recipe, seed), data, recipe, p, seed, {}, Checkpointer(None), hooks)
+        train(model, HardLabels(recipe, seed), data, recipe, p, seed, {}, Checkpointer(None), hooks, schedule.steps)
     for name, arr in rows.items():
         np.save(out / f"{name}.npy", arr)
     np.save(out / "correct.npy", correct)
