@@ -252,6 +252,23 @@ def _early_score_run(trial: TrialConfig) -> dict[str, Any]:
     return {"schedule_epochs": length} if o["epoch"] > 0 and length != o["epoch"] else {}
 
 
+def _train_margins(needed: bool) -> dict[str, Any]:
+    """A score run that also records the training mini-batch margins (CCS's and D2's AUM)."""
+    return {"records": "train_margin"} if needed else {}
+
+
+def _ccs_score_run(trial: TrialConfig) -> dict[str, Any]:
+    return _train_margins(trial.selector.opts["aum_source"] == "train_batches")
+
+
+def _dyn_unc_problem(selector: Named, trial: TrialConfig) -> str | None:
+    o = selector.opts
+    windows = o["epochs"] - o["J"] + (1 if o["last_window"] else 0)
+    if windows < 1:
+        return f"epochs = {o['epochs']} leaves no window of J = {o['J']} epochs; raise epochs or lower J"
+    return None
+
+
 # ---------------------------------------------------------------- selectors (real images)
 _RUNS = Option(10, int, "independent full-data runs averaged (docs/methods.md §4.4: 10)", min=1)
 _EPOCH = Option(20, int, "the epoch the runs are scored at (docs/methods.md §4.4: 20)", min=1)
@@ -360,8 +377,16 @@ SELECTORS.declare(
         "epochs": _DYN_EPOCHS,
         "hard_drop": Option(0.3, float, "hardest fraction dropped", min=0.0, max=0.99),
         "strata": Option(50, int, "equal-width score strata", min=1),
+        "aum_source": Option(
+            "train_batches",
+            str,
+            "AUM's margins: train_batches = each epoch's training mini-batch forward (CCS's code); "
+            "eval = a clean eval-mode pass after each epoch",
+            choices=("train_batches", "eval"),
+        ),
     },
     score_epochs=option_epochs("epochs"),
+    score_run=_ccs_score_run,
     **_SCORED,
 )
 SELECTORS.declare(
@@ -381,8 +406,17 @@ SELECTORS.declare(
     "dyn_unc",
     "dynamic uncertainty: mean over J-epoch windows of std(p_y); keeps the highest",
     "workers.selectors.scored:dyn_unc",
-    {"epochs": _DYN_EPOCHS, "J": Option(10, int, "window length in epochs", min=2)},
+    {
+        "epochs": _DYN_EPOCHS,
+        "J": Option(10, int, "window length in epochs", min=2),
+        "last_window": Option(
+            False,
+            bool,
+            "also average the window ending at the final epoch (K - J + 1 windows; the reference: K - J)",
+        ),
+    },
     score_epochs=option_epochs("epochs"),
+    validate=_dyn_unc_problem,
     **_SCORED,
 )
 _CAD_OPTIONS = {

@@ -1,7 +1,8 @@
-"""Score runs as the methods' authors ran them (docs/methods.md §4, §4.4; issue #14).
+"""Score runs as the methods' authors ran them (docs/methods.md §4, §4.4, §4.7, §4.9; issue #14).
 
 Real score runs on digits through the stage mechanism: a run scored early in a long schedule is the prefix of
-that long run.
+that long run; training mini-batch margins are the margins of the training forward. Selector-level known answers
+for CCS's AUM source, dynamic uncertainty's windows and EL2N ties.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from orchestrator.grid import expand
 from orchestrator.spec import SpecError, parse_spec
 from workers import stages
 from workers.artifacts import ArtifactStore
-from workers.config import TrialConfig, canonical_json
+from workers.catalogue import SELECTORS
+from workers.config import Named, TrialConfig, canonical_json
 from workers.graph import selector_inputs, subset_key
+from workers.selectors import SelectContext, scored
 
 SPEC = """
 name: runs
@@ -97,3 +101,131 @@ def test_a_row_from_before_an_option_runs_its_neutral_value_under_its_old_id():
     back = TrialConfig.from_json(row)
     assert back.selector.opts["schedule_epochs"] == "epoch" and back.trial_id == old.trial_id
     assert subset_key(back) == subset_key(old)
+
+
+# ------------------------------------------------------------------ CCS: AUM from the training mini-batches (§4.7)
+def test_training_margins_are_the_margins_of_the_training_forward(store):
+    """The run records p_y - max other p of each epoch's training forward (augmented, train mode); a replay of
+    the same training run with a hook on the mini-batch logits gives the same numbers."""
+    from workers import models
+    from workers.budget import plan
+    from workers.config import BudgetConfig, TrainConfig
+    from workers.data import load_splits
+    from workers.regimes import HardLabels
+    from workers.seeding import derive_seed
+    from workers.teacher import full_train_tensors
+    from workers.train import Checkpointer, TrainHooks, train
+
+    t = next(t for t in trials("{name: ccs, epochs: 3}") if t.seed == 0)
+    (key,) = runs_of(t)
+    assert key.cfg["records"] == "train_margin"
+    got = arrays(store, key, "train_margin")
+    assert got.shape == (3, 1338) and got.dtype == np.float16
+
+    splits = load_splits(t.dataset)
+    data, _ = full_train_tensors(splits, "cpu")
+    seed = derive_seed(0, "dynamics")
+    model = models.build("convnet", t.student.opts, 10, splits.image_shape, seed)
+    recipe = TrainConfig(**key.cfg["recipe"], eval_points=1)
+    ref = np.full((3, 1338), np.nan)
+
+    def on_batch(pos, logits, epoch):
+        p = torch.softmax(logits.double(), 1).numpy()
+        y = splits.train_y[pos.numpy()]
+        rows = np.arange(len(y))
+        others = p.copy()
+        others[rows, y] = -1
+        ref[epoch, pos.numpy()] = p[rows, y] - others.max(1)
+
+    n = len(splits.train_y)
+    p = plan(BudgetConfig("epochs", 3), n, n, recipe.batch_size)
+    train(model, HardLabels(recipe, seed), data, recipe, p, seed, {}, Checkpointer(None), TrainHooks(on_batch=on_batch))
+    assert not np.isnan(ref).any()
+    np.testing.assert_allclose(got.astype(np.float64), ref, atol=1e-3)
+    eval_margins = arrays(store, key, "margin")[1:]
+    assert np.abs(eval_margins.astype(np.float64) - ref).mean() > 0.01  # a different quantity
+
+
+def ctx_with(selector: Named, labels: np.ndarray, seed: int = 0, ipc: int = 2, **arrays_) -> SelectContext:
+    return SelectContext(
+        labels=labels,
+        num_classes=int(labels.max()) + 1,
+        ipc=ipc,
+        seed=seed,
+        selector=selector,
+        dynamics=lambda name: arrays_[name],
+    )
+
+
+def resolved(name: str, **opts) -> Named:
+    out, problems = SELECTORS[name].resolve(opts, "test")
+    assert not problems, problems
+    return Named.make(name, out)
+
+
+def test_ccs_takes_aum_from_the_source_it_is_told():
+    """Eval margins and training margins rank the samples in opposite orders; CCS's hard drop follows the chosen
+    source (hard_drop 0.5 of 8 per class drops the 4 lowest AUM; strata 1 then samples the rest)."""
+    labels = np.repeat([0, 1], 8)
+    up = np.tile(np.linspace(-0.8, 0.8, 8), 2)
+    train_margin = np.stack([up, up]).astype(np.float16)  # 2 epochs; low index = hard
+    margin = np.concatenate([np.zeros((1, 16)), -train_margin]).astype(np.float16)  # row 0 = init; reversed
+    for source, hard in (("train_batches", np.arange(4)), ("eval", np.arange(4, 8))):
+        sel = resolved("ccs", hard_drop=0.5, strata=1, aum_source=source)
+        for seed in range(5):
+            picks = scored.ccs(ctx_with(sel, labels, seed, train_margin=train_margin[None], margin=margin[None]))
+            assert not set(picks % 8) & set(hard), (source, picks)
+
+
+# ------------------------------------------------------------------ dynamic uncertainty: K - J windows (§4.9)
+def reference_dyn_unc(p: np.ndarray, J: int) -> np.ndarray:  # noqa: N803
+    """BAAI-DCAI's get_coreset.py, restated: a rolling buffer of the last J values; after epoch idx (0-based) of
+    K, the std (ddof 1) of the buffer is kept when J - 1 <= idx < K - 1; the score is the mean of those."""
+    k, n = p.shape
+    buf = np.zeros((n, J))
+    kept = []
+    for idx in range(k):
+        buf = np.concatenate([buf[:, 1:], p[idx][:, None]], axis=1)
+        if J - 1 <= idx < k - 1:
+            kept.append(buf.std(axis=1, ddof=1))
+    return np.mean(kept, axis=0)
+
+
+def test_dyn_unc_averages_the_windows_the_reference_averages():
+    rng = np.random.default_rng(0)
+    k, n, j = 9, 12, 4
+    p = rng.random((k, n)).astype(np.float16)
+    p[:, 0] = [0.1] * 8 + [0.9]  # moves only at the final epoch: only the last window sees it
+    rows = np.concatenate([np.zeros((1, n)), p]).astype(np.float16)[None]  # row 0 = at init
+    labels = np.zeros(n, np.int64)
+    ref = reference_dyn_unc(p.astype(np.float64), j)
+    assert ref[0] == 0.0
+    from workers.scores import dynamics as dyn
+
+    default = resolved("dyn_unc", epochs=k, J=j)
+    np.testing.assert_allclose(dyn.dyn_unc(p, j, default.opts["last_window"]), ref, rtol=1e-12, atol=1e-15)
+    picks = scored.dyn_unc(ctx_with(default, labels, ipc=3, prob_true=rows))
+    np.testing.assert_array_equal(np.sort(np.argsort(-ref)[:3]), picks)
+    assert 0 not in picks
+    every = dyn.dyn_unc(p, j, last_window=True)  # ddsweep before issue #14: K - J + 1 windows
+    assert every[0] > 0 and not np.allclose(every, ref)
+
+
+def test_dyn_unc_without_a_window_is_refused():
+    with pytest.raises(SpecError, match="leaves no window of J = 10 epochs"):
+        trials("{name: dyn_unc, epochs: 10}")
+    trials("{name: dyn_unc, epochs: 10, last_window: true}")  # K = J: the one window that ends at the last epoch
+
+
+# ------------------------------------------------------------------ ties in a ranking follow the seeded generator (§4)
+def test_el2n_window_orders_equal_scores_by_the_seed():
+    """Float16 EL2N has ties; the window over them used to take the lowest positions for every seed."""
+    labels = np.zeros(40, np.int64)
+    el2n = np.zeros((1, 2, 40), np.float16)  # one run, rows: init and epoch 1
+    el2n[0, 1, :10] = 0.5  # ten hard samples, thirty tied at 0
+    sel = resolved("el2n_window", offset=1.0, epoch=1, runs=1)
+    picks = [tuple(scored.el2n_window(ctx_with(sel, labels, seed, ipc=4, el2n=el2n))) for seed in range(4)]
+    assert all(min(p) >= 10 for p in picks)  # the easiest window, inside the tie
+    assert len(set(picks)) > 1  # a new draw per seed
+    again = scored.el2n_window(ctx_with(sel, labels, 2, ipc=4, el2n=el2n))
+    assert tuple(again) == picks[2]

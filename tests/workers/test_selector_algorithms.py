@@ -387,3 +387,12 @@ def test_d2_rng_tie_break_seeded():
     np.testing.assert_array_equal(a, alg.d2(x, s, 4, k=0, rng=_rng(1)))
     assert not np.array_equal(a, alg.d2(x, s, 4, k=0, rng=_rng(2)))
     np.testing.assert_array_equal(alg.d2(x, s, 4, k=0), np.arange(4))
+
+
+def test_window_orders_ties_by_the_generator():
+    s = np.array([3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0])
+    assert alg.window(s, 2, 0.0, _rng(0))[0] == 0  # the strict maximum leads every order
+    middles = {tuple(alg.window(s, 2, 0.4, _rng(seed))) for seed in range(10)}  # start 2: inside the tie
+    assert len(middles) > 1 and all(set(m) <= {1, 2, 3, 4, 5} for m in middles)
+    np.testing.assert_array_equal(alg.window(s, 2, 0.4, _rng(3)), alg.window(s, 2, 0.4, _rng(3)))
+    np.testing.assert_array_equal(alg.window(s, 2, 0.4), [2, 3])  # without a generator: position order

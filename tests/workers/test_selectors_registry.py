@@ -54,7 +54,9 @@ train: {{batch_size: 128}}
 # Methods whose choice depends on the selection seed (forgetting_easy through its many ties at 0 events);
 # kmeans_medoid at IPC 1 is deterministic (one cluster: the class mean).
 STOCHASTIC = {"random", "kcenter", "kmeans_medoid", "ccs", "forgetting_easy"}
-SEED_FREE = {"full", "herding", "el2n_window"}  # no randomness at all: every seed gives the same subset
+# No randomness at all: every seed gives the same subset. (el2n_window is not among them: equal float16-stored
+# EL2N scores are ordered by the seeded generator, issue #14, and the digits runs here do have such ties.)
+SEED_FREE = {"full", "herding"}
 
 
 @pytest.fixture(scope="module")

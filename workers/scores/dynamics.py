@@ -58,15 +58,20 @@ def _window_std_at(p: np.ndarray, k: int, j: int) -> np.ndarray:
     return win.std(axis=0, ddof=1)
 
 
-def dyn_unc(prob_true: np.ndarray, J: int = 10) -> np.ndarray:  # noqa: N803
-    """Dynamic Uncertainty (docs/methods.md §4.9): mean of U_k over ALL K-J+1 windows (each window starts at its own k,
-    not at epoch 0 as in the TDDS code). Keeps highest. Does not store U."""
+def dyn_unc(prob_true: np.ndarray, J: int = 10, last_window: bool = True) -> np.ndarray:  # noqa: N803
+    """Dynamic Uncertainty (docs/methods.md §4.9): mean of U_k over the windows k = 0 .. K-J (all K-J+1), or
+    k = 0 .. K-J-1 (K-J windows: the one ending at the final epoch left out, as BAAI-DCAI's get_coreset.py)
+    with last_window=False. Each window starts at its own k (not at epoch 0 as in the TDDS code). Keeps
+    highest. Does not store U."""
     p = _check_traj(prob_true, J)
     kk, n = p.shape
+    windows = kk - J + (1 if last_window else 0)
+    if windows < 1:
+        raise ValueError(f"no window of J={J} epochs before the last of K={kk} (last_window=False needs K > J)")
     total = np.zeros(n, dtype=np.float64)
-    for k in range(kk - J + 1):
+    for k in range(windows):
         total += _window_std_at(p, k, J)
-    return total / (kk - J + 1)
+    return total / windows
 
 
 def cad(prob_true: np.ndarray, J: int, W: int, shift: bool = False) -> np.ndarray:  # noqa: N803

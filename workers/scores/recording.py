@@ -7,7 +7,8 @@ bool): whether the training mini-batch forward classified the sample (forgetting
 DeepCore/CCS). Never per-batch logs, never pickles (docs/methods.md §4).
 
 A run's key may add (workers.graph.dynamics_key): `schedule_epochs` (the learning-rate schedule spans
-that many epochs and the run stops after `epochs`).
+that many epochs and the run stops after `epochs`), `records: "train_margin"` (also `train_margin`,
+epochs x N float16: the margin of the training mini-batch forward, CCS's AUM).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from workers.train import Checkpointer, TrainHooks, train
 STATS = ("prob_true", "margin", "el2n", "grand")
 
 
-def sample_stats(logits: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+def sample_stats(logits: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-sample statistics of one forward pass, in float32 (the one implementation of these formulas):
 
     - `prob_true` p_y = softmax(z)_y;
@@ -40,15 +41,17 @@ def sample_stats(logits: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor
     - `el2n` ||softmax(z) - e_y||_2 (Paul et al., docs/methods.md §4.4);
     - `grand` the per-sample gradient norm of the cross-entropy w.r.t. a linear last layer with bias,
       ||p - e_y||_2 * sqrt(||phi||^2 + 1) for features phi (docs/methods.md §4.5): per sample, so it
-      does not depend on the batch size or order.
+      does not depend on the batch size or order; left out when `feats` is None.
     """
     p = F.softmax(logits.float(), dim=1)
     onehot = F.one_hot(labels, p.shape[1]).float()
     p_true = p.gather(1, labels[:, None]).squeeze(1)
     other = p.masked_fill(onehot.bool(), -1.0).max(dim=1).values
     el2n = (p - onehot).norm(dim=1)
-    grand = el2n * torch.sqrt(feats.float().pow(2).sum(1) + 1.0)
-    return {"prob_true": p_true, "margin": p_true - other, "el2n": el2n, "grand": grand}
+    out = {"prob_true": p_true, "margin": p_true - other, "el2n": el2n}
+    if feats is not None:
+        out["grand"] = el2n * torch.sqrt(feats.float().pow(2).sum(1) + 1.0)
+    return out
 
 
 def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[str, Any]:
@@ -64,6 +67,7 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
 
     rows = {k: np.zeros((epochs + 1, n), np.float16) for k in STATS}
     correct = np.zeros((epochs, n), bool)
+    train_margin = np.zeros((epochs, n), np.float16) if "train_margin" in cfg.get("records", "") else None
     y = data.y
 
     def record(row: int, m) -> None:
@@ -73,6 +77,8 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
 
     def on_batch(pos, logits, epoch):
         correct[epoch, pos.cpu().numpy()] = (logits.argmax(1) == y[pos]).cpu().numpy()
+        if train_margin is not None:
+            train_margin[epoch, pos.cpu().numpy()] = sample_stats(logits, y[pos], None)["margin"].cpu().numpy()
 
     record(0, model)
     if epochs > 0:
@@ -83,4 +89,6 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
     for name, arr in rows.items():
         np.save(out / f"{name}.npy", arr)
     np.save(out / "correct.npy", correct)
+    if train_margin is not None:
+        np.save(out / "train_margin.npy", train_margin)
     return {"class_names": list(splits.class_names), "epochs": epochs, "n": n}

@@ -88,18 +88,19 @@ def top_k(scores: np.ndarray, ipc: int, highest: bool, rng: np.random.Generator)
     return _done(_rank(s, highest, rng)[:ipc], ipc)
 
 
-def window(scores: np.ndarray, ipc: int, offset: float) -> np.ndarray:
-    """EL2N window (docs/methods.md §4.10): sort by score descending (hardest first; stable, so equal scores keep
-    position order), take ipc consecutive from start round(offset·(n − ipc)). offset 0 = hardest, 1 = easiest.
+def window(scores: np.ndarray, ipc: int, offset: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """EL2N window (docs/methods.md §4.10): sort by score descending (hardest first), take ipc consecutive from start
+    round(offset·(n − ipc)). offset 0 = hardest, 1 = easiest. Equal scores are ordered by a permutation drawn from
+    rng (the §4 contract), or by position when rng is None.
 
-    round() here rounds half up (the method only says "round"). Deterministic: no rng.
+    round() here rounds half up (the method only says "round").
     """
     s = _scores(scores)
     n = len(s)
     _check_ipc(n, ipc)
     if not 0.0 <= offset <= 1.0:
         raise ValueError(f"offset must be in [0, 1], got {offset}")
-    order = np.argsort(-s, kind="stable")
+    order = np.argsort(-s, kind="stable") if rng is None else _rank(s, True, rng)
     start = min(_round_half_up(offset * (n - ipc)), n - ipc)
     return _done(order[start : start + ipc], ipc)
 
