@@ -261,6 +261,11 @@ def _ccs_score_run(trial: TrialConfig) -> dict[str, Any]:
     return _train_margins(trial.selector.opts["aum_source"] == "train_batches")
 
 
+def _d2_score_run(trial: TrialConfig) -> dict[str, Any]:
+    o = trial.selector.opts
+    return _train_margins(o["difficulty"] == "aum" or o["hard_drop"] > 0)
+
+
 def _dyn_unc_problem(selector: Named, trial: TrialConfig) -> str | None:
     o = selector.opts
     windows = o["epochs"] - o["J"] + (1 if o["last_window"] else 0)
@@ -391,16 +396,34 @@ SELECTORS.declare(
 )
 SELECTORS.declare(
     "d2",
-    "D2-Pruning: EL2N difficulty passed over a kNN graph of teacher features",
+    "D2-Pruning: difficulty passed over a kNN graph of teacher features, after dropping the hardest by AUM",
     "workers.selectors.geometric:d2",
     {
         "epochs": _DYN_EPOCHS,
         "k": Option(5, int, "neighbours", min=0),
         "gamma_f": Option(1.0, float, "forward decay", min=0.0),
         "gamma_r": Option(0.1, float, "reverse decay", min=0.0),
+        "graph": Option(
+            "two_way",
+            str,
+            "two_way: an edge of either kNN list joins both samples, neighbour scores floored at 1e-7 (the "
+            "reference's compute_graph_density); one_way: each sample's own kNN only",
+            choices=("two_way", "one_way"),
+        ),
+        "difficulty": Option(
+            "forgetting",
+            str,
+            "the score passed over the graph: forgetting events (the reference's CIFAR setting), AUM hardness "
+            "(its ImageNet setting) or EL2N at the run's end",
+            choices=("forgetting", "aum", "el2n"),
+        ),
+        "hard_drop": Option(
+            0.4, float, "fraction of the train split dropped first, lowest AUM (the reference: 0.4)", min=0.0, max=0.99
+        ),
     },
     inputs=("features", "dynamics"),
     score_epochs=option_epochs("epochs"),
+    score_run=_d2_score_run,
 )
 SELECTORS.declare(
     "dyn_unc",

@@ -317,6 +317,11 @@ NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
     # issue #14: EL2N/GraNd score runs stop at `epoch` of a `schedule_epochs`-long schedule (default 200);
     # "epoch" is the schedule that ends at the scored epoch, as before.
     **{("selector", n, "schedule_epochs"): "epoch" for n in ("el2n", "el2n_easy", "el2n_window", "grand")},
+    # issue #14: D2's graph, difficulty and hard drop as its reference code runs them; before: one-way kNN
+    # messages of EL2N at the run's end, nothing dropped.
+    ("selector", "d2", "graph"): "one_way",
+    ("selector", "d2", "difficulty"): "el2n",
+    ("selector", "d2", "hard_drop"): 0.0,
     # issue #14: dynamic uncertainty averages K - J windows as its reference; before: all K - J + 1.
     ("selector", "dyn_unc", "last_window"): True,
     # issue #14: CCS's AUM from the training mini-batch margins; before: clean eval-mode margins.

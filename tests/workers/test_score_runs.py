@@ -1,8 +1,8 @@
-"""Score runs as the methods' authors ran them (docs/methods.md §4, §4.4, §4.7, §4.9; issue #14).
+"""Score runs as the methods' authors ran them (docs/methods.md §4, §4.4, §4.7-4.9; issue #14).
 
 Real score runs on digits through the stage mechanism: a run scored early in a long schedule is the prefix of
 that long run; training mini-batch margins are the margins of the training forward. Selector-level known answers
-for CCS's AUM source, dynamic uncertainty's windows and EL2N ties.
+for CCS's AUM source, dynamic uncertainty's windows, EL2N ties and D2's hard drop and difficulty.
 """
 
 from __future__ import annotations
@@ -229,3 +229,68 @@ def test_el2n_window_orders_equal_scores_by_the_seed():
     assert len(set(picks)) > 1  # a new draw per seed
     again = scored.el2n_window(ctx_with(sel, labels, 2, ipc=4, el2n=el2n))
     assert tuple(again) == picks[2]
+
+
+# ------------------------------------------------------------------ D2 as its reference runs it (§4.8)
+def test_d2_drops_the_lowest_aum_of_the_split_and_scores_forgetting_as_counted():
+    """hard_drop 0.25 of 24 samples drops the 6 lowest AUM over the whole split (here all in class 0, which keeps
+    two); difficulty = forgetting counts with never-learned samples at 0, as the reference's score file."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 8)
+    feats = rng.standard_normal((24, 3)).astype(np.float32)
+    aum = np.linspace(0.0, 2.3, 24)
+    aum[[1, 2, 3, 4, 5, 6]] = -1.0 - np.arange(6) / 10  # the six hardest: class 0
+    train_margin = np.stack([aum / 2, aum / 2]).astype(np.float16)[None]
+    correct = np.ones((1, 4, 24), bool)
+    correct[0, 2, [9, 17]] = False  # one forgetting event each (classes 1 and 2)
+    correct[0, :, 10] = False  # never learned: 0 events in the reference's count (K + 1 in `forgetting`)
+    sel = resolved("d2", hard_drop=0.25, k=0)  # k = 0: the picks are the top scores, no messages
+    ctx = SelectContext(
+        labels=labels,
+        num_classes=3,
+        ipc=1,
+        seed=0,
+        selector=sel,
+        features=lambda: feats,
+        dynamics={"train_margin": train_margin, "correct": correct}.__getitem__,
+    )
+    from workers.selectors import geometric
+
+    for seed in range(4):
+        ctx.seed = seed
+        picks = geometric.d2(ctx)
+        assert picks[0] in {0, 7}  # one of the two class-0 samples the cut left (tied at 0 events)
+        assert list(picks[1:]) == [9, 17]  # forgotten once beats never learned (0 events, not K + 1)
+    with pytest.raises(KeyError):  # el2n difficulty without a hard drop reads neither AUM nor forgetting
+        geometric.d2(
+            SelectContext(
+                labels=labels,
+                num_classes=3,
+                ipc=2,
+                seed=0,
+                selector=resolved("d2", hard_drop=0.0, difficulty="el2n"),
+                features=lambda: feats,
+                dynamics={}.__getitem__,
+            )
+        )
+
+
+def test_d2_refills_a_class_the_cut_emptied_with_its_least_hard_samples():
+    labels = np.repeat([0, 1], 6)
+    feats = np.random.default_rng(1).standard_normal((12, 2))
+    aum = np.concatenate([-np.arange(6, dtype=float) - 1, np.arange(6, dtype=float)])  # class 0 all hardest
+    sel = resolved("d2", hard_drop=0.5, k=0, difficulty="aum")
+    ctx = SelectContext(
+        labels=labels,
+        num_classes=2,
+        ipc=2,
+        seed=0,
+        selector=sel,
+        features=lambda: feats,
+        dynamics={"train_margin": aum[None, None].astype(np.float16)}.__getitem__,
+    )
+    from workers.selectors import geometric
+
+    picks = geometric.d2(ctx)
+    assert set(picks[picks < 6]) == {0, 1}  # the class keeps its two highest-AUM samples
+    assert set(picks[picks >= 6]) == {6, 7}  # AUM hardness: lowest AUM of the kept = highest difficulty

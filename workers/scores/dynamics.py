@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def forgetting(correct: np.ndarray) -> np.ndarray:
+def forgetting(correct: np.ndarray, never_learned_first: bool = True) -> np.ndarray:
     """Forgetting events (docs/methods.md §4.6): correct->incorrect transitions between consecutive presentations.
 
     correct: (K, N) bool, row k = whether sample i was classified correctly at its k-th presentation. Returns (N,)
-    float64; samples never correct at any presentation get K + 1, above any possible count (at most K // 2).
+    float64; samples never correct at any presentation get K + 1, above any possible count (at most K // 2), unless
+    `never_learned_first` is False: then they keep their count, 0, as CCS's and D2's score files have it
+    (docs/methods.md §4.8).
     """
     correct = np.asarray(correct)
     if correct.ndim != 2:
@@ -22,8 +24,8 @@ def forgetting(correct: np.ndarray) -> np.ndarray:
     correct = correct.astype(bool)
     k = correct.shape[0]
     events = np.count_nonzero(correct[:-1] & ~correct[1:], axis=0).astype(np.float64)
-    never = ~correct.any(axis=0)
-    events[never] = k + 1
+    if never_learned_first:
+        events[~correct.any(axis=0)] = k + 1
     return events
 
 
