@@ -21,7 +21,8 @@ from orchestrator.report import ReportNotWritten, accuracy_table, current_rows, 
 from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
-from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
+from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts, seed_use
+from workers.config import Named
 from workers.graph import reads_dynamics
 from workers.naming import selector_label, trial_name
 
@@ -178,6 +179,9 @@ def cmd_report(args) -> int:
     _warn_store(spec, store, {t.trial_id for t in expand(spec)}, store.done_ids())
     table = accuracy_table(rows)
     print(format_table(table))
+    if not table.empty:
+        table["selection_seed"] = table["selector"].map(_seed_uses(rows))
+        print(_seed_note(table))
     try:
         out = write_report(table, args.out or store.uri("report"))
     except ReportNotWritten as err:
@@ -185,6 +189,31 @@ def cmd_report(args) -> int:
         return EXIT_FAILED
     print(f"report written to {out}")
     return 0
+
+
+def _seed_uses(rows) -> dict[str, str]:
+    """selector label -> how its subset depends on the trial seed (workers.catalogue.seed_use)."""
+    import json
+
+    out = {}
+    options = rows["selector_options"] if "selector_options" in rows else [None] * len(rows)
+    for label, name, opts in zip(rows["selector_label"], rows["selector"], options):
+        if label not in out:
+            parsed = json.loads(opts) if isinstance(opts, str) else {}  # null in rows that lack the column
+            out[label] = seed_use(Named.make(name, parsed)) if name in SELECTORS else "draw"
+    return out
+
+
+def _seed_note(table) -> str:
+    """Which rows' seed spread includes selection noise (docs/methods.md §4): the seed draws their subset."""
+    uses = dict(zip(table["selector"], table["selection_seed"]))
+    group = {u: ", ".join(sorted(k for k, v in uses.items() if v == u)) or "-" for u in ("draw", "ties", "none")}
+    return (
+        "selection and seeds (column selection_seed of accuracy.csv):\n"
+        f"  the seed draws the subset, the spread includes selection noise: {group['draw']}\n"
+        f"  one subset for every seed up to ties (score_seed: fixed), training noise only: {group['ties']}\n"
+        f"  one subset for every seed: {group['none']}"
+    )
 
 
 def cmd_migrate(args) -> int:

@@ -274,6 +274,23 @@ def _dyn_unc_problem(selector: Named, trial: TrialConfig) -> str | None:
     return None
 
 
+SEED_USES = ("draw", "ties", "none")
+
+
+def seed_use(selector: Named) -> str:
+    """How a selector's subset depends on the trial seed (docs/methods.md §4): "draw" when a seeded draw makes it
+    (random, k-means++, CCS's strata, distillers, score runs seeded by the trial: `score_seed: trial`), so its
+    seed spread includes selection noise; "ties" when only equal scores are ordered by the seed (score-based
+    selectors with `score_seed: fixed`); "none" when every seed gets the same subset (herding, full)."""
+    if selector.opts.get("score_seed") == "trial":
+        return "draw"
+    use = SELECTORS[selector.name].seed_use
+    return use(selector) if callable(use) else use
+
+
+_FIXED_SCORES = {"seed_use": "ties"}  # a ranking of scores that do not depend on the trial seed
+
+
 # ---------------------------------------------------------------- selectors (real images)
 _RUNS = Option(10, int, "independent full-data runs averaged (docs/methods.md §4.4: 10)", min=1)
 _EPOCH = Option(20, int, "the epoch the runs are scored at (docs/methods.md §4.4: 20)", min=1)
@@ -285,14 +302,22 @@ _SCHEDULE = Option(
     check=_schedule_epochs_option,
 )
 _DYN_EPOCHS = Option(30, int, "full-data epochs of the one scoring run", min=2)
+_SCORE_SEED = Option(
+    "fixed",
+    str,
+    "fixed: score runs seeded by run index, one subset for every trial seed; trial: seeded by the trial seed "
+    "too, so the selection varies with the seed (docs/methods.md §4)",
+    choices=("fixed", "trial"),
+)
 _SCORED = {"inputs": ("dynamics",)}
 # EL2N's options and facts: runs scored at an early epoch of a normal-length schedule
-_EL2N = {"runs": _RUNS, "epoch": _EPOCH, "schedule_epochs": _SCHEDULE}
+_EL2N = {"runs": _RUNS, "epoch": _EPOCH, "schedule_epochs": _SCHEDULE, "score_seed": _SCORE_SEED}
 _AT_EPOCH = {
     "score_epochs": option_epochs("epoch"),
     "score_run": _early_score_run,
     "validate": _schedule_problem,
     **_SCORED,
+    **_FIXED_SCORES,
 }
 
 SELECTORS.declare(
@@ -305,12 +330,14 @@ SELECTORS.declare(
     "the whole train split, trained with the budget of the IPC it is paired with",
     "workers.selectors.full:select",
     balanced=False,
+    seed_use="none",
 )
 SELECTORS.declare(
     "herding",
     "herding on teacher features (argmin convention): keeps prototypical images",
     "workers.selectors.geometric:herding",
     inputs=("features",),
+    seed_use="none",
 )
 SELECTORS.declare(
     "kcenter",
@@ -318,6 +345,7 @@ SELECTORS.declare(
     "workers.selectors.geometric:kcenter",
     {"first": Option("random", str, "first centre", choices=("random", "medoid"))},
     inputs=("features",),
+    seed_use=lambda sel: "draw" if sel.opts["first"] == "random" else "ties",
 )
 SELECTORS.declare(
     "kmeans_medoid",
@@ -355,6 +383,7 @@ SELECTORS.declare(
         "runs": _RUNS,
         "epoch": Option(0, int, "epoch of the score (0 = at init)", min=0),
         "schedule_epochs": _SCHEDULE,
+        "score_seed": _SCORE_SEED,
     },
     **_AT_EPOCH,
 )
@@ -362,17 +391,19 @@ SELECTORS.declare(
     "forgetting",
     "most forgetting events in one full-data run (never learned first)",
     "workers.selectors.scored:forgetting",
-    {"epochs": _DYN_EPOCHS},
+    {"epochs": _DYN_EPOCHS, "score_seed": _SCORE_SEED},
     score_epochs=option_epochs("epochs"),
     **_SCORED,
+    **_FIXED_SCORES,
 )
 SELECTORS.declare(
     "forgetting_easy",
     "fewest forgetting events (Forgetting-Easy)",
     "workers.selectors.scored:forgetting_easy",
-    {"epochs": _DYN_EPOCHS},
+    {"epochs": _DYN_EPOCHS, "score_seed": _SCORE_SEED},
     score_epochs=option_epochs("epochs"),
     **_SCORED,
+    **_FIXED_SCORES,  # many ties at 0 events: in practice the seed changes much of the subset
 )
 SELECTORS.declare(
     "ccs",
@@ -389,6 +420,7 @@ SELECTORS.declare(
             "eval = a clean eval-mode pass after each epoch",
             choices=("train_batches", "eval"),
         ),
+        "score_seed": _SCORE_SEED,
     },
     score_epochs=option_epochs("epochs"),
     score_run=_ccs_score_run,
@@ -420,10 +452,12 @@ SELECTORS.declare(
         "hard_drop": Option(
             0.4, float, "fraction of the train split dropped first, lowest AUM (the reference: 0.4)", min=0.0, max=0.99
         ),
+        "score_seed": _SCORE_SEED,
     },
     inputs=("features", "dynamics"),
     score_epochs=option_epochs("epochs"),
     score_run=_d2_score_run,
+    **_FIXED_SCORES,
 )
 SELECTORS.declare(
     "dyn_unc",
@@ -437,15 +471,18 @@ SELECTORS.declare(
             bool,
             "also average the window ending at the final epoch (K - J + 1 windows; the reference: K - J)",
         ),
+        "score_seed": _SCORE_SEED,
     },
     score_epochs=option_epochs("epochs"),
     validate=_dyn_unc_problem,
     **_SCORED,
+    **_FIXED_SCORES,
 )
 _CAD_OPTIONS = {
     "J": Option("auto", object, "window length", check=_j_option),
     "W": Option(2, int, "number of windows averaged (Eq. 2)", min=1),
     "shift": Option(False, bool, "windows end at the final epoch instead of the literal K-J-W..K-J-1"),
+    "score_seed": _SCORE_SEED,
 }
 SELECTORS.declare(
     "cad_prune",
@@ -455,6 +492,7 @@ SELECTORS.declare(
     score_epochs=cad_scoring_epochs,
     advise=_cad_advice,
     **_SCORED,
+    **_FIXED_SCORES,
 )
 
 # ---------------------------------------------------------------- distillers (selectors that synthesise)

@@ -326,6 +326,23 @@ NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
     ("selector", "dyn_unc", "last_window"): True,
     # issue #14: CCS's AUM from the training mini-batch margins; before: clean eval-mode margins.
     ("selector", "ccs", "aum_source"): "eval",
+    # issue #14: score runs seeded by run index (fixed) or by the trial seed too; fixed is the default.
+    **{
+        ("selector", n, "score_seed"): "fixed"
+        for n in (
+            "el2n",
+            "el2n_easy",
+            "el2n_window",
+            "grand",
+            "forgetting",
+            "forgetting_easy",
+            "ccs",
+            "d2",
+            "dyn_unc",
+            "cad_prune",
+            "ca2d",
+        )
+    },
 }
 
 

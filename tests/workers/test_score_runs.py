@@ -1,13 +1,14 @@
-"""Score runs as the methods' authors ran them (docs/methods.md §4, §4.4, §4.7-4.9; issue #14).
+"""Score runs as the methods' authors ran them (docs/methods.md §4, §4.4, §4.7, §4.9; issue #14).
 
 Real score runs on digits through the stage mechanism: a run scored early in a long schedule is the prefix of
-that long run; training mini-batch margins are the margins of the training forward. Selector-level known answers
-for CCS's AUM source, dynamic uncertainty's windows, EL2N ties and D2's hard drop and difficulty.
+that long run; training mini-batch margins are the margins of the training forward; `score_seed` seeds runs by
+the trial seed. Selector-level known answers for CCS's AUM source, dynamic uncertainty's windows and EL2N ties.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -229,6 +230,30 @@ def test_el2n_window_orders_equal_scores_by_the_seed():
     assert len(set(picks)) > 1  # a new draw per seed
     again = scored.el2n_window(ctx_with(sel, labels, 2, ipc=4, el2n=el2n))
     assert tuple(again) == picks[2]
+
+
+# ------------------------------------------------------------------ score_seed (§4)
+def test_score_seed_trial_gives_each_seed_its_own_runs_and_fixed_shares_them():
+    fixed = [t for t in trials("{name: el2n, runs: 2}")]
+    per_trial = [t for t in trials("{name: el2n, runs: 2, score_seed: trial}")]
+    assert runs_of(fixed[0]) == runs_of(fixed[1])
+    a, b = (runs_of(t) for t in per_trial)
+    assert not set(a) & set(b) and [k.cfg["seed"] for k in a + b] == [0, 0, 1, 1]
+    assert all("seed" not in k.cfg for k in runs_of(fixed[0]))  # fixed keeps the keys from before the option
+    assert fixed[0].trial_id != per_trial[0].trial_id
+
+
+def test_score_seed_trial_varies_the_selection_with_the_seed(store):
+    s0, s1 = trials("{name: forgetting_easy, epochs: 3, score_seed: trial}")
+    f0, f1 = trials("{name: forgetting, epochs: 3, score_seed: trial}")
+    c0, c1 = (arrays(store, runs_of(t)[0], "correct") for t in (s0, s1))
+    assert not np.array_equal(c0, c1)  # other init, order and views
+    subsets = []
+    for t in (f0, f1):
+        stages.build(subset_key(t), store)
+        subsets.append(np.load(store.path(subset_key(t)) / "indices.npy"))
+    assert not np.array_equal(*subsets)
+    assert math.isclose(len(subsets[0]), 20)
 
 
 # ------------------------------------------------------------------ D2 as its reference runs it (§4.8)

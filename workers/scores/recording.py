@@ -8,7 +8,8 @@ DeepCore/CCS). Never per-batch logs, never pickles (docs/methods.md §4).
 
 A run's key may add (workers.graph.dynamics_key): `schedule_epochs` (the learning-rate schedule spans
 that many epochs and the run stops after `epochs`), `records: "train_margin"` (also `train_margin`,
-epochs x N float16: the margin of the training mini-batch forward, CCS's AUM).
+epochs x N float16: the margin of the training mini-batch forward, CCS's AUM), `seed` (the trial seed
+the run is seeded with besides its index).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def build_dynamics(key: ArtifactKey, store: ArtifactStore, out: Path) -> dict[st
     device = models.pick_device()
     data, _ = full_train_tensors(splits, device)
     n, epochs = len(splits.train_y), cfg["epochs"]
-    seed = derive_seed(cfg["run"], "dynamics")
+    seed = derive_seed(cfg["run"], "dynamics", *([cfg["seed"]] if "seed" in cfg else []))
     arch = Named.make(cfg["arch"]["name"], cfg["arch"]["options"])
     model = models.build(arch.name, arch.opts, splits.num_classes, splits.image_shape, seed).to(device)
     recipe = TrainConfig(**cfg["recipe"], eval_points=1)
