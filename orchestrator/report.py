@@ -104,19 +104,51 @@ def best_window(df, selector: str = "el2n_window", option: str = "offset", by=("
     **minival** top-1 over seeds; its mean test top-1 is reported beside it and never used to choose.
     Ties go to the smaller offset. Returns one row per group: by..., offset, minival_top1, top1, seeds,
     candidates (how many offsets were compared)."""
+    return best_variant(df, selector, (option,), by)
+
+
+def cad_best(df, by=("dataset", "ipc", "regime")):
+    """CAD-Best (docs/methods.md §4.11): CAD-Prune's (J, W, shift) chosen per (data set, IPC, regime) on minival,
+    as EL2N-Best chooses its window; its test top-1 beside it. One row per group: by..., J, W, shift,
+    minival_top1, top1, seeds, candidates."""
+    return best_variant(df, "cad_prune", ("J", "W", "shift"), by)
+
+
+def _order(value):
+    """A sort key for option values of mixed types (J is an integer or "auto"): numbers first, by value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return (1, str(value))
+    return (0, value)
+
+
+def best_variant(df, selector: str, options: tuple[str, ...], by=("dataset", "ipc", "regime")):
+    """The variant of `selector` (its values of `options`) with the best mean **minival** top-1 over seeds, per
+    group `by`; its mean test top-1 beside it, never used to choose. Ties go to the smallest option values (in
+    the order of `options`; numbers before strings). Returns one row per group: by..., options...,
+    minival_top1, top1, seeds, candidates (how many variants were compared)."""
     import pandas as pd
 
     rows = df[df["selector"] == selector].copy()
-    cols = [*by, option, "minival_top1", "top1", "seeds", "candidates"]
+    cols = [*by, *options, "minival_top1", "top1", "seeds", "candidates"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
-    rows[option] = rows["selector_options"].map(lambda s: json.loads(s)[option])
+    parsed = rows["selector_options"].map(json.loads)
+    for option in options:
+        rows[option] = parsed.map(lambda o, option=option: o.get(option))
+    rows["_variant"] = rows[list(options)].apply(lambda r: json.dumps(list(r), default=str), axis=1)
     g = (
-        rows.groupby([*by, option])
-        .agg(minival_top1=("minival_top1", "mean"), top1=("top1", "mean"), seeds=("seed", "nunique"))
+        rows.groupby([*by, "_variant"])
+        .agg(
+            **{o: (o, "first") for o in options},
+            minival_top1=("minival_top1", "mean"),
+            top1=("top1", "mean"),
+            seeds=("seed", "nunique"),
+        )
         .reset_index()
     )
-    g = g.sort_values([*by, "minival_top1", option], ascending=[True] * len(by) + [False, True])
-    best = g.groupby(list(by), sort=True).head(1).copy()
-    best["candidates"] = g.groupby(list(by))[option].transform("count").loc[best.index]
-    return best[cols].reset_index(drop=True)
+    g["_key"] = g[list(options)].apply(lambda r: tuple(_order(v) for v in r), axis=1)
+    out = []
+    for _, part in g.groupby(list(by), sort=True):
+        part = part.assign(_neg=-part["minival_top1"]).sort_values(["_neg", "_key"], kind="stable")
+        out.append(part.head(1).assign(candidates=len(part)))
+    return pd.concat(out)[cols].reset_index(drop=True)
