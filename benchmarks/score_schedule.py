@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 
 from orchestrator.grid import expand
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--ipcs", type=int, nargs="+", default=[10, 50])
     a = ap.parse_args()
+    torch.set_num_threads(1)  # small models: one thread is faster, and CPU results depend on the count
     if a.dataset == "imagefolder":
         dataset = f"{{name: imagefolder, root: {Path(a.root).resolve()}, image_size: 32}}"
         student = "{arch: convnet, depth: 3, width: 32}"

@@ -197,6 +197,12 @@ def rded_factor(factor: Any, side: int) -> int:
     return (2 if side >= 64 else 1) if factor == "auto" else int(factor)
 
 
+def sre2l_crop(crop: str, side: int) -> str:
+    """SRe2L's recover views (docs/methods.md §5.1): "auto" = a RandomResizedCrop + flip from 64 px (its ImageNet
+    and Tiny-ImageNet recover scripts), none below (its CIFAR recover script: the jitter roll only)."""
+    return ("rrc" if side >= 64 else "none") if crop == "auto" else crop
+
+
 def _rded_pool_problem(selector: Named, trial: TrialConfig) -> str | None:
     """RDED keeps the best crop of each pool image, then IPC * factor^2 of them: the pool must be that large."""
     o = selector.opts
@@ -509,12 +515,27 @@ _SRE2L = {
     "first_bn_multiplier": Option(10.0, float, "multiplier of the first BN layer's term", min=0.0),
     "batch_classes": Option(100, int, "classes optimised together (one image each)", min=1),
     "crop_min_scale": Option(0.08, float, "RandomResizedCrop scale lower bound", min=0.01, max=1.0),
+    "jitter": Option(
+        "forward",
+        str,
+        "the roll's direction: forward = 0..side//7 (SRe2L's and CDA's code), both = either sign",
+        choices=("forward", "both"),
+    ),
 }
 SELECTORS.declare(
     "sre2l",
     "SRe2L recover: synthesise images matching the teacher's BatchNorm statistics",
     "workers.distillers.sre2l:recover",
-    _SRE2L,
+    {
+        **_SRE2L,
+        "crop": Option(
+            "auto",
+            str,
+            "views before the roll: rrc = RandomResizedCrop + flip, none = the roll only; auto = rrc from 64 px "
+            "(SRe2L's ImageNet/Tiny scripts), none below (its CIFAR script)",
+            choices=("auto", "rrc", "none"),
+        ),
+    },
     distiller=True,
     inputs=("teacher",),
     validate=_bn_teacher_problem,
@@ -527,6 +548,12 @@ SELECTORS.declare(
         **_SRE2L,
         "curriculum": Option("cosine", str, "crop-scale schedule", choices=("step", "linear", "cosine")),
         "milestone": Option(1.0, float, "fraction of iterations the curriculum spans", min=0.0, max=1.0),
+        "crop": Option(
+            "rrc",
+            str,
+            "views before the roll: the curriculum's RandomResizedCrop + flip, or none",
+            choices=("rrc", "none"),
+        ),
     },
     distiller=True,
     inputs=("teacher",),

@@ -326,6 +326,10 @@ NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
     ("selector", "dyn_unc", "last_window"): True,
     # issue #14: CCS's AUM from the training mini-batch margins; before: clean eval-mode margins.
     ("selector", "ccs", "aum_source"): "eval",
+    # issue #14: SRe2L/CDA recover views: RandomResizedCrop + flip (crop: rrc) and a roll of either sign (jitter:
+    # both) before; see docs/methods.md §5.1 for the reference scripts' choices.
+    **{("selector", n, "crop"): "rrc" for n in ("sre2l", "cda")},
+    **{("selector", n, "jitter"): "both" for n in ("sre2l", "cda")},
     # issue #14: score runs seeded by run index (fixed) or by the trial seed too; fixed is the default.
     **{
         ("selector", n, "score_seed"): "fixed"
