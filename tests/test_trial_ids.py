@@ -169,3 +169,28 @@ def test_the_fast_trial_id_is_the_hash_of_the_identity_under_any_neutral_table(m
     for sweep in ("digits_scalability.yaml", "digits_cad_epochs.yaml"):
         monkeypatch.setattr(config, "NEUTRAL_SINCE_SCHEMA_1", {})
         assert all(t.trial_id == short_hash(t.identity()) for t in expand(load_spec(REPO / "sweeps" / sweep)))
+
+
+def test_trials_that_set_the_old_values_keep_their_ids_from_before_issue_14():
+    """Issue #14 changed defaults (EL2N's score-run schedule, SRe2L/CDA's recover views): those smoke trials got
+    new ids by design. Each new option's neutral value is the old behaviour, so a sweep that sets the old values
+    keeps every old id (tests/golden/smoke_trial_ids_before_issue14.json: the ids that changed, as they were)."""
+    before = json.loads((REPO / "tests" / "golden" / "smoke_trial_ids_before_issue14.json").read_text())
+    text = (REPO / "sweeps" / "smoke.yaml").read_text()
+    for old, new in (
+        ("el2n_easy: {runs: 2}", "el2n_easy: {runs: 2, schedule_epochs: epoch}"),
+        ("sre2l: {iterations: 40}", "sre2l: {iterations: 40, crop: rrc, jitter: both}"),
+        ("cda: {iterations: 40}", "cda: {iterations: 40, jitter: both}"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    got = {}
+    for t in expand(parse_spec(text)):
+        name = trial_name(t)
+        for explicit in ("-schedule_epochsepoch", "-croprrc", "-jitterboth"):
+            name = name.replace(explicit, "")
+        got[name] = t.trial_id
+    golden = json.loads(GOLDEN.read_text())
+    assert {k: got[k] for k in before} == before
+    assert all(got[k] == v for k, v in golden.items() if k not in before)  # the others never changed
+    assert len(before) == 54 and all(golden[k] != v for k, v in before.items())
