@@ -7,10 +7,11 @@
 Prints (1) the learning rate and training fit at the scored epoch under each schedule, (2) Spearman rank
 correlations of the EL2N scores: between the two schedules, and within one schedule between disjoint halves
 of its runs (the noise floor a schedule difference has to clear), (3) how many of the images EL2N-easy and
-EL2N-hard keep are the same under both schedules, (4) the test and minival top-1 of students trained on those
-subsets (hard labels, the `hl` recipe, 5 full-data epochs of compute, mean over seeds). Everything runs through
-ddsweep's own stages and trials (no Ray); artifacts go under STORAGE (default a temporary folder), so a rerun
-reuses them. `--dataset digits` runs the same study on the embedded 8-px digits.
+EL2N-hard keep are the same under both schedules, and the same count for subsets picked from disjoint halves of
+the runs, within the long schedule (the noise floor) and across the schedules, (4) the test and minival top-1 of
+students trained on those subsets (hard labels, the `hl` recipe, 5 full-data epochs of compute, mean over seeds).
+Everything runs through ddsweep's own stages and trials (no Ray); artifacts go under STORAGE (default a temporary
+folder), so a rerun reuses them. `--dataset digits` runs the same study on the embedded 8-px digits.
 """
 
 from __future__ import annotations
@@ -118,11 +119,22 @@ def main() -> None:
         which = "long" if t.selector.opts["schedule_epochs"] != "epoch" else "squeezed"
         results.setdefault((t.selector.name, which, t.ipc), []).append((m["top1"], m["minival_top1"], idx))
         print(f"  ran {selector_label(t.selector)} ipc {t.ipc} seed {t.seed}: top1 {m['top1']:.3f}", flush=True)
-    print("\n## (3) images kept by both schedules' subsets (seed 0)")
+    print(
+        f"\n## (3) images kept by both schedules' subsets (seed {a.seeds[0]}, all {a.runs} runs each); then, from "
+        f"halves of the runs, long 0-{half - 1} vs long {half}-{a.runs - 1} (the noise floor) and long "
+        f"0-{half - 1} vs squeezed {half}-{a.runs - 1}"
+    )
+    labels = _train_labels(trials[0])
     for name in ("el2n_easy", "el2n"):
         for ipc in a.ipcs:
             same = len(set(results[name, "long", ipc][0][2]) & set(results[name, "squeezed", ipc][0][2]))
-            print(f"  {name:<10} ipc {ipc:>3}: {same} of {ipc * 10}")
+            hard = name == "el2n"
+            lo, hi = (_keep(e, labels, ipc, hard) for e in (el2n["long"][:half].mean(0), el2n["long"][half:].mean(0)))
+            sq = _keep(el2n["squeezed"][half:].mean(0), labels, ipc, hard)
+            print(
+                f"  {name:<10} ipc {ipc:>3}: {same} of {ipc * 10}; halves: floor {len(lo & hi)}, "
+                f"across schedules {len(lo & sq)}"
+            )
     print(f"\n## (4) students: mean test top-1 % (minival) over seeds {a.seeds}")
     for name in ("el2n_easy", "el2n"):
         for ipc in a.ipcs:
@@ -131,6 +143,22 @@ def main() -> None:
                 test, minival = (100 * np.mean([x[k] for x in results[name, which, ipc]]) for k in (0, 1))
                 cells.append(f"{which} {test:5.1f} ({minival:5.1f})")
             print(f"  {name:<10} ipc {ipc:>3}: " + "   ".join(cells))
+
+
+def _train_labels(trial) -> np.ndarray:
+    from workers.data import load_splits
+
+    return load_splits(trial.dataset).train_y
+
+
+def _keep(scores: np.ndarray, labels: np.ndarray, ipc: int, hardest: bool) -> set[int]:
+    """Per class the ipc highest (hardest) or lowest EL2N, ties by position (a helper for the noise floor)."""
+    out: set[int] = set()
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        order = np.argsort(-scores[idx] if hardest else scores[idx], kind="stable")
+        out |= set(idx[order[:ipc]].tolist())
+    return out
 
 
 if __name__ == "__main__":
