@@ -22,8 +22,9 @@ from orchestrator.report import ReportNotWritten, build, format_table, write_rep
 from orchestrator.results import SweepStore
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from workers.budget import plan as budget_plan
-from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
-from workers.graph import bytes_written, kd_epoch_keys, shard_keys
+from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts, seed_use
+from workers.config import Named
+from workers.graph import bytes_written, kd_epoch_keys, reads_dynamics, shard_keys
 
 EXIT_FAILED = 1  # some trials failed, or the report could not be written
 EXIT_SPEC = 2  # bad input
@@ -101,7 +102,14 @@ def cmd_plan(args) -> int:
         t = spec.recipes[r]
         print(
             f"  recipe {r}: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}"
+            + (f", views {t.augment}" if r != "sl_kd" else ", views RRC+flip+CutMix")
             + (f", T {t.temperature:g}{' x T^2' if t.t2_scale else ''}" if r != "hl" else "")
+        )
+    if any(reads_dynamics(s) for s in spec.selectors):
+        t = spec.train
+        print(
+            f"  score runs: {t.optimizer} lr {t.lr:g} wd {t.weight_decay:g}, {t.schedule}, batch {t.batch_size}, "
+            f"views {t.augment}"
         )
     if args.estimate:
         _estimate(spec, p, args.images_per_second or (_calibrate(spec) if args.calibrate else None))
@@ -270,7 +278,11 @@ def cmd_report(args) -> int:
     rep = build(spec)
     print(f"sweep {spec.name}, storage {spec.storage}: {rep.frame['trial_id'].nunique() if len(rep.frame) else 0} rows")
     _warn_store(spec, store, {t.trial_id for t in expand(spec)}, store.done_ids())
-    print(format_table(rep.accuracy))
+    table = rep.accuracy
+    print(format_table(table))
+    if not table.empty:
+        table["selection_seed"] = table["selector"].map(_seed_uses(rep.frame))  # written into accuracy.csv too
+        print(_seed_note(table))
     try:
         out = write_report(rep, args.out or store.uri("report"))
     except ReportNotWritten as err:
@@ -278,6 +290,31 @@ def cmd_report(args) -> int:
         return EXIT_FAILED
     print(f"report written to {out}: {out.rstrip('/')}/report.md (tables as CSV, figures as PNG beside it)")
     return 0
+
+
+def _seed_uses(rows) -> dict[str, str]:
+    """selector label -> how its subset depends on the trial seed (workers.catalogue.seed_use)."""
+    import json
+
+    out = {}
+    options = rows["selector_options"] if "selector_options" in rows else [None] * len(rows)
+    for label, name, opts in zip(rows["selector_label"], rows["selector"], options):
+        if label not in out:
+            parsed = json.loads(opts) if isinstance(opts, str) else {}  # null in rows that lack the column
+            out[label] = seed_use(Named.make(name, parsed)) if name in SELECTORS else "draw"
+    return out
+
+
+def _seed_note(table) -> str:
+    """Which rows' seed spread includes selection noise (docs/methods.md §4): the seed draws their subset."""
+    uses = dict(zip(table["selector"], table["selection_seed"]))
+    group = {u: ", ".join(sorted(k for k, v in uses.items() if v == u)) or "-" for u in ("draw", "ties", "none")}
+    return (
+        "selection and seeds (column selection_seed of accuracy.csv):\n"
+        f"  the seed draws the subset, the spread includes selection noise: {group['draw']}\n"
+        f"  one subset for every seed up to ties (score_seed: fixed), training noise only: {group['ties']}\n"
+        f"  one subset for every seed: {group['none']}"
+    )
 
 
 def cmd_migrate(args) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from orchestrator.results import SweepStore
-from workers.catalogue import ARCHS, DATASETS, REGIMES, SELECTORS, dataset_facts
+from workers.catalogue import ARCHS, DATASETS, REGIMES, SCORE_RUN_RECIPE, SELECTORS, dataset_facts
 from workers.config import (
     BUDGET_UNITS,
     TEACHER_OPTIONS,
@@ -121,7 +121,7 @@ class SweepSpec:
     resources: Resources
     exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()
     teacher: TeacherConfig | None = None
-    recipes: dict = field(default_factory=dict)  # regime -> TrainConfig; `train` is hl's, also used by score runs
+    recipes: dict = field(default_factory=dict)  # regime -> TrainConfig; `train`: the score runs' (hl's, crop+flip)
     warnings: tuple[str, ...] = ()
     source: str = ""  # the YAML text
     source_path: str | None = None  # the file it came from
@@ -264,8 +264,7 @@ def parse_spec(text: str, source: str = "sweep", storage_override: str | None = 
     named_teachers = _teachers(c, doc, grid_doc, ds_info)
     selector_defaults = _selector_defaults(c, doc.get("selectors", {}))
     axes = _grid(c, doc.get("grid"), selector_defaults, ds_info, named_teachers) if "grid" in doc else None
-    recipes = _train(c, doc.get("train", {}))
-    train = recipes["hl"]  # also the recipe of full-data score runs (they train with hard labels)
+    recipes, train = _train(c, doc.get("train", {}))  # train: the recipe of full-data score runs (hard labels)
     resources = _resources(c, doc.get("resources", {}))
     exclude = _exclude(c, doc.get("exclude", []), axes) if axes else ()
     if exclude and all(excluded(dict(zip(axes, point)), exclude) for point in itertools.product(*axes.values())):
@@ -672,8 +671,9 @@ def _selector(c: _Checker, item: Any, path: str, selector_defaults: dict[str, di
     return None if problems else Named.make(name, opts)
 
 
-def _train(c: _Checker, value: Any) -> dict[str, TrainConfig]:
-    """One recipe per regime: the regime's declared recipe < `train:` < `train.<regime>:` (TRAIN_OPTIONS)."""
+def _train(c: _Checker, value: Any) -> tuple[dict[str, TrainConfig], TrainConfig]:
+    """One recipe per regime: the regime's declared recipe < `train:` < `train.<regime>:` (TRAIN_OPTIONS); and
+    the recipe of score runs: hl's, with SCORE_RUN_RECIPE's views unless the sweep sets them."""
     d = c.mapping(value if value is not None else {}, "train", tuple(TRAIN_OPTIONS) + tuple(REGIMES.names())) or {}
     common = c.settings(
         TRAIN_OPTIONS, {k: v for k, v in d.items() if k in TRAIN_OPTIONS}, "train", "the student recipe"
@@ -685,7 +685,9 @@ def _train(c: _Checker, value: Any) -> dict[str, TrainConfig]:
             TRAIN_OPTIONS, {k: v for k, v in own.items() if k in TRAIN_OPTIONS}, f"train.{r}", f"the {r} recipe"
         )
         recipes[r] = TrainConfig(**{**REGIMES[r].recipe, **common, **own})
-    return recipes
+        if r == "hl":
+            scoring = TrainConfig(**{**REGIMES[r].recipe, **SCORE_RUN_RECIPE, **common, **own})
+    return recipes, scoring
 
 
 def _resources(c: _Checker, value: Any) -> Resources:

@@ -202,3 +202,28 @@ grid: {{selector: [random], regime: [hl, sl], ipc: [1], seed: [0]}}
     assert {t.trial_id for t in bigger}.isdisjoint({t.trial_id for t in new})
     imagenet = expand(parse_spec(text.replace("image_size: 8,", "image_size: 8, interpolation: bicubic,")))
     assert {t.trial_id for t in imagenet}.isdisjoint({t.trial_id for t in new})
+
+
+def test_trials_that_set_the_old_values_keep_their_ids_from_before_issue_14():
+    """Issue #14 changed defaults (EL2N's score-run schedule, SRe2L/CDA's recover views): those smoke trials got
+    new ids by design. Each new option's neutral value is the old behaviour, so a sweep that sets the old values
+    keeps every old id (tests/golden/smoke_trial_ids_before_issue14.json: the ids that changed, as they were)."""
+    before = json.loads((REPO / "tests" / "golden" / "smoke_trial_ids_before_issue14.json").read_text())
+    text = (REPO / "sweeps" / "smoke.yaml").read_text()
+    for old, new in (
+        ("el2n_easy: {runs: 2}", "el2n_easy: {runs: 2, schedule_epochs: epoch}"),
+        ("sre2l: {iterations: 40}", "sre2l: {iterations: 40, crop: rrc, jitter: both}"),
+        ("cda: {iterations: 40}", "cda: {iterations: 40, jitter: both}"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    got = {}
+    for t in expand(parse_spec(text)):
+        name = trial_name(t)
+        for explicit in ("-schedule_epochsepoch", "-croprrc", "-jitterboth"):
+            name = name.replace(explicit, "")
+        got[name] = t.trial_id
+    golden = json.loads(GOLDEN.read_text())
+    assert {k: got[k] for k in before} == before
+    assert all(got[k] == v for k, v in golden.items() if k not in before)  # the others never changed
+    assert len(before) == 54 and all(golden[k] != v for k, v in before.items())

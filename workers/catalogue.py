@@ -156,7 +156,7 @@ ARCHS.declare(
 # ---------------------------------------------------------------- regimes
 # recipe = the regime's default student recipe (docs/methods.md §2.3, the paper's small-scale Table 4).
 # The sweep's `train:` overrides it for every regime, `train.<regime>:` for one. Our choices where the
-# paper is silent: HL momentum/wd 0.9 / 5e-4 (as reproductions), SL wd 0.01, crop_flip standing in for DSA.
+# paper is silent: HL momentum/wd 0.9 / 5e-4 (as reproductions), SL wd 0.01. HL and SL views: DSA, as the paper.
 REGIMES.declare(
     "hl",
     "hard labels: cross-entropy on one-hot targets, no teacher",
@@ -168,9 +168,13 @@ REGIMES.declare(
         "weight_decay": 5e-4,
         "schedule": "step",
         "batch_size": 256,
-        "augment": "crop_flip",
+        "augment": "dsa",
     },
 )
+# Score runs (full-data HL runs of EL2N, forgetting, CCS, D2, CAD, ...) train with the resolved hl recipe, except
+# that their views default to crop + flip: the methods' authors score standard crop/flip training runs; DSA is the
+# paper's recipe for students on small sets (docs/methods.md §2.3). A sweep's `augment` overrides both.
+SCORE_RUN_RECIPE = {"augment": "crop_flip"}
 REGIMES.declare(
     "sl",
     "one fixed teacher soft label per image (clean view), reused for every augmented view",
@@ -182,7 +186,7 @@ REGIMES.declare(
         "weight_decay": 0.01,
         "schedule": "cosine",
         "batch_size": 256,
-        "augment": "crop_flip",
+        "augment": "dsa",
         "temperature": 20.0,
     },
 )
@@ -266,6 +270,12 @@ def rded_factor(factor: Any, side: int) -> int:
     return (2 if side >= 64 else 1) if factor == "auto" else int(factor)
 
 
+def sre2l_crop(crop: str, side: int) -> str:
+    """SRe2L's recover views (docs/methods.md §5.1): "auto" = a RandomResizedCrop + flip from 64 px (its ImageNet
+    and Tiny-ImageNet recover scripts), none below (its CIFAR recover script: the jitter roll only)."""
+    return ("rrc" if side >= 64 else "none") if crop == "auto" else crop
+
+
 def _rded_pool_problem(selector: Named, trial: TrialConfig) -> str | None:
     """RDED keeps the best crop of each pool image, then IPC * factor^2 of them: the pool must be that large."""
     o = selector.opts
@@ -291,13 +301,103 @@ def _bn_teacher_problem(selector: Named, trial: TrialConfig) -> str | None:
     return None
 
 
+def _schedule_epochs_option(value: Any) -> str | None:
+    if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return "is not a number of epochs; give an integer >= 1, or epoch (the schedule ends at the scored epoch)"
+
+
+def schedule_epochs(opts: dict[str, Any]) -> int:
+    """Epochs the score runs' learning-rate schedule spans (docs/methods.md §4.4): `schedule_epochs`, or the
+    scored epoch itself for `schedule_epochs: epoch` (the runs' schedule ends where they are scored)."""
+    return int(opts["epoch"] if opts["schedule_epochs"] == "epoch" else opts["schedule_epochs"])
+
+
+def _schedule_problem(selector: Named, trial: TrialConfig) -> str | None:
+    o = selector.opts
+    if schedule_epochs(o) < o["epoch"]:
+        return (
+            f"schedule_epochs = {o['schedule_epochs']} is shorter than the scored epoch {o['epoch']}; the schedule "
+            "must cover the run (give schedule_epochs >= epoch, or epoch)"
+        )
+    return None
+
+
+def _early_score_run(trial: TrialConfig) -> dict[str, Any]:
+    """EL2N/GraNd runs stop at `epoch` of a `schedule_epochs`-long schedule; the key says so only when the two
+    differ (a run of 0 epochs trains nothing, so its schedule does not matter)."""
+    o = trial.selector.opts
+    length = schedule_epochs(o)
+    return {"schedule_epochs": length} if o["epoch"] > 0 and length != o["epoch"] else {}
+
+
+def _train_margins(needed: bool) -> dict[str, Any]:
+    """A score run that also records the training mini-batch margins (CCS's and D2's AUM)."""
+    return {"records": "train_margin"} if needed else {}
+
+
+def _ccs_score_run(trial: TrialConfig) -> dict[str, Any]:
+    return _train_margins(trial.selector.opts["aum_source"] == "train_batches")
+
+
+def _d2_score_run(trial: TrialConfig) -> dict[str, Any]:
+    o = trial.selector.opts
+    return _train_margins(o["difficulty"] == "aum" or o["hard_drop"] > 0)
+
+
+def _dyn_unc_problem(selector: Named, trial: TrialConfig) -> str | None:
+    o = selector.opts
+    windows = o["epochs"] - o["J"] + (1 if o["last_window"] else 0)
+    if windows < 1:
+        return f"epochs = {o['epochs']} leaves no window of J = {o['J']} epochs; raise epochs or lower J"
+    return None
+
+
+SEED_USES = ("draw", "ties", "none")
+
+
+def seed_use(selector: Named) -> str:
+    """How a selector's subset depends on the trial seed (docs/methods.md §4): "draw" when a seeded draw makes it
+    (random, k-means++, CCS's strata, distillers, score runs seeded by the trial: `score_seed: trial`), so its
+    seed spread includes selection noise; "ties" when only equal scores are ordered by the seed (score-based
+    selectors with `score_seed: fixed`); "none" when every seed gets the same subset (herding, full)."""
+    if selector.opts.get("score_seed") == "trial":
+        return "draw"
+    use = SELECTORS[selector.name].seed_use
+    return use(selector) if callable(use) else use
+
+
+_FIXED_SCORES = {"seed_use": "ties"}  # a ranking of scores that do not depend on the trial seed
+
+
 # ---------------------------------------------------------------- selectors (real images)
 _RUNS = Option(10, int, "independent full-data runs averaged (docs/methods.md §4.4: 10)", min=1)
-_EPOCH = Option(20, int, "full-data epochs of the scoring runs (docs/methods.md §4.4: 20)", min=1)
+_EPOCH = Option(20, int, "the epoch the runs are scored at (docs/methods.md §4.4: 20)", min=1)
+_SCHEDULE = Option(
+    200,
+    object,
+    "epochs the runs' learning-rate schedule spans; the runs stop at `epoch` (Paul et al.: 200; "
+    "`epoch`: the schedule ends at the scored epoch)",
+    check=_schedule_epochs_option,
+)
 _DYN_EPOCHS = Option(30, int, "full-data epochs of the one scoring run", min=2)
+_SCORE_SEED = Option(
+    "fixed",
+    str,
+    "fixed: score runs seeded by run index, one subset for every trial seed; trial: seeded by the trial seed "
+    "too, so the selection varies with the seed (docs/methods.md §4)",
+    choices=("fixed", "trial"),
+)
 _SCORED = {"inputs": ("dynamics",)}
-_EL2N = {"runs": _RUNS, "epoch": _EPOCH}  # EL2N's options and facts: runs scored at an early epoch
-_AT_EPOCH = {"score_epochs": option_epochs("epoch"), **_SCORED}
+# EL2N's options and facts: runs scored at an early epoch of a normal-length schedule
+_EL2N = {"runs": _RUNS, "epoch": _EPOCH, "schedule_epochs": _SCHEDULE, "score_seed": _SCORE_SEED}
+_AT_EPOCH = {
+    "score_epochs": option_epochs("epoch"),
+    "score_run": _early_score_run,
+    "validate": _schedule_problem,
+    **_SCORED,
+    **_FIXED_SCORES,
+}
 
 SELECTORS.declare(
     "random",
@@ -309,12 +409,14 @@ SELECTORS.declare(
     "the whole train split, trained with the budget of the IPC it is paired with",
     "workers.selectors.full:select",
     balanced=False,
+    seed_use="none",
 )
 SELECTORS.declare(
     "herding",
     "herding on teacher features (argmin convention): keeps prototypical images",
     "workers.selectors.geometric:herding",
     inputs=("features",),
+    seed_use="none",
 )
 SELECTORS.declare(
     "kcenter",
@@ -322,6 +424,7 @@ SELECTORS.declare(
     "workers.selectors.geometric:kcenter",
     {"first": Option("random", str, "first centre", choices=("random", "medoid"))},
     inputs=("features",),
+    seed_use=lambda sel: "draw" if sel.opts["first"] == "random" else "ties",
 )
 SELECTORS.declare(
     "kmeans_medoid",
@@ -355,24 +458,31 @@ SELECTORS.declare(
     "grand",
     "highest GraNd: last-layer gradient norm near initialisation, mean over runs",
     "workers.selectors.scored:grand",
-    {"runs": _RUNS, "epoch": Option(0, int, "epoch of the score (0 = at init)", min=0)},
+    {
+        "runs": _RUNS,
+        "epoch": Option(0, int, "epoch of the score (0 = at init)", min=0),
+        "schedule_epochs": _SCHEDULE,
+        "score_seed": _SCORE_SEED,
+    },
     **_AT_EPOCH,
 )
 SELECTORS.declare(
     "forgetting",
     "most forgetting events in one full-data run (never learned first)",
     "workers.selectors.scored:forgetting",
-    {"epochs": _DYN_EPOCHS},
+    {"epochs": _DYN_EPOCHS, "score_seed": _SCORE_SEED},
     score_epochs=option_epochs("epochs"),
     **_SCORED,
+    **_FIXED_SCORES,
 )
 SELECTORS.declare(
     "forgetting_easy",
     "fewest forgetting events (Forgetting-Easy)",
     "workers.selectors.scored:forgetting_easy",
-    {"epochs": _DYN_EPOCHS},
+    {"epochs": _DYN_EPOCHS, "score_seed": _SCORE_SEED},
     score_epochs=option_epochs("epochs"),
     **_SCORED,
+    **_FIXED_SCORES,  # many ties at 0 events: in practice the seed changes much of the subset
 )
 SELECTORS.declare(
     "ccs",
@@ -382,35 +492,76 @@ SELECTORS.declare(
         "epochs": _DYN_EPOCHS,
         "hard_drop": Option(0.3, float, "hardest fraction dropped", min=0.0, max=0.99),
         "strata": Option(50, int, "equal-width score strata", min=1),
+        "aum_source": Option(
+            "train_batches",
+            str,
+            "AUM's margins: train_batches = each epoch's training mini-batch forward (CCS's code); "
+            "eval = a clean eval-mode pass after each epoch",
+            choices=("train_batches", "eval"),
+        ),
+        "score_seed": _SCORE_SEED,
     },
     score_epochs=option_epochs("epochs"),
+    score_run=_ccs_score_run,
     **_SCORED,
 )
 SELECTORS.declare(
     "d2",
-    "D2-Pruning: EL2N difficulty passed over a kNN graph of teacher features",
+    "D2-Pruning: difficulty passed over a kNN graph of teacher features, after dropping the hardest by AUM",
     "workers.selectors.geometric:d2",
     {
         "epochs": _DYN_EPOCHS,
         "k": Option(5, int, "neighbours", min=0),
         "gamma_f": Option(1.0, float, "forward decay", min=0.0),
         "gamma_r": Option(0.1, float, "reverse decay", min=0.0),
+        "graph": Option(
+            "two_way",
+            str,
+            "two_way: an edge of either kNN list joins both samples, neighbour scores floored at 1e-7 (the "
+            "reference's compute_graph_density); one_way: each sample's own kNN only",
+            choices=("two_way", "one_way"),
+        ),
+        "difficulty": Option(
+            "forgetting",
+            str,
+            "the score passed over the graph: forgetting events (the reference's CIFAR setting), AUM hardness "
+            "(its ImageNet setting) or EL2N at the run's end",
+            choices=("forgetting", "aum", "el2n"),
+        ),
+        "hard_drop": Option(
+            0.4, float, "fraction of the train split dropped first, lowest AUM (the reference: 0.4)", min=0.0, max=0.99
+        ),
+        "score_seed": _SCORE_SEED,
     },
     inputs=("features", "dynamics"),
     score_epochs=option_epochs("epochs"),
+    score_run=_d2_score_run,
+    **_FIXED_SCORES,
 )
 SELECTORS.declare(
     "dyn_unc",
     "dynamic uncertainty: mean over J-epoch windows of std(p_y); keeps the highest",
     "workers.selectors.scored:dyn_unc",
-    {"epochs": _DYN_EPOCHS, "J": Option(10, int, "window length in epochs", min=2)},
+    {
+        "epochs": _DYN_EPOCHS,
+        "J": Option(10, int, "window length in epochs", min=2),
+        "last_window": Option(
+            False,
+            bool,
+            "also average the window ending at the final epoch (K - J + 1 windows; the reference: K - J)",
+        ),
+        "score_seed": _SCORE_SEED,
+    },
     score_epochs=option_epochs("epochs"),
+    validate=_dyn_unc_problem,
     **_SCORED,
+    **_FIXED_SCORES,
 )
 _CAD_OPTIONS = {
     "J": Option("auto", object, "window length", check=_j_option),
     "W": Option(2, int, "number of windows averaged (Eq. 2)", min=1),
     "shift": Option(False, bool, "windows end at the final epoch instead of the literal K-J-W..K-J-1"),
+    "score_seed": _SCORE_SEED,
 }
 SELECTORS.declare(
     "cad_prune",
@@ -420,6 +571,7 @@ SELECTORS.declare(
     score_epochs=cad_scoring_epochs,
     advise=_cad_advice,
     **_SCORED,
+    **_FIXED_SCORES,
 )
 
 # ---------------------------------------------------------------- distillers (selectors that synthesise)
@@ -436,12 +588,27 @@ _SRE2L = {
     "first_bn_multiplier": Option(10.0, float, "multiplier of the first BN layer's term", min=0.0),
     "batch_classes": Option(100, int, "classes optimised together (one image each)", min=1),
     "crop_min_scale": Option(0.08, float, "RandomResizedCrop scale lower bound", min=0.01, max=1.0),
+    "jitter": Option(
+        "forward",
+        str,
+        "the roll's direction: forward = 0..side//7 (SRe2L's and CDA's code), both = either sign",
+        choices=("forward", "both"),
+    ),
 }
 SELECTORS.declare(
     "sre2l",
     "SRe2L recover: synthesise images matching the teacher's BatchNorm statistics",
     "workers.distillers.sre2l:recover",
-    _SRE2L,
+    {
+        **_SRE2L,
+        "crop": Option(
+            "auto",
+            str,
+            "views before the roll: rrc = RandomResizedCrop + flip, none = the roll only; auto = rrc from 64 px "
+            "(SRe2L's ImageNet/Tiny scripts), none below (its CIFAR script)",
+            choices=("auto", "rrc", "none"),
+        ),
+    },
     distiller=True,
     inputs=("teacher",),
     validate=_bn_teacher_problem,
@@ -454,6 +621,12 @@ SELECTORS.declare(
         **_SRE2L,
         "curriculum": Option("cosine", str, "crop-scale schedule", choices=("step", "linear", "cosine")),
         "milestone": Option(1.0, float, "fraction of iterations the curriculum spans", min=0.0, max=1.0),
+        "crop": Option(
+            "rrc",
+            str,
+            "views before the roll: the curriculum's RandomResizedCrop + flip, or none",
+            choices=("rrc", "none"),
+        ),
     },
     distiller=True,
     inputs=("teacher",),

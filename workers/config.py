@@ -21,7 +21,7 @@ from workers.schedules import SCHEDULES
 
 BUDGET_UNITS = ("epochs", "full_epochs", "steps")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-AUGMENTATIONS = ("none", "crop", "crop_flip", "rrc_flip")
+AUGMENTATIONS = ("none", "crop", "crop_flip", "rrc_flip", "dsa")
 TEACHER_NORMALIZATIONS = ("auto", "dataset", "imagenet")
 KD_BACKENDS = ("online", "stored")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -273,10 +273,13 @@ class TrialConfig:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TrialConfig:
+        """The config of a row's `config_json`. A row written before an option existed ran the behaviour of
+        that option's neutral value (NEUTRAL_SINCE_SCHEMA_1), so the option is filled in with it: the trial
+        runs as it ran then, under the same id."""
         return cls(
             dataset=DatasetConfig.from_json(d["dataset"]),
             student=Named.make(d["student"]["name"], d["student"].get("options")),
-            selector=Named.make(d["selector"]["name"], d["selector"].get("options")),
+            selector=Named.make(d["selector"]["name"], _with_neutral("selector", d["selector"])),
             regime=d["regime"],
             ipc=int(d["ipc"]),
             seed=int(d["seed"]),
@@ -311,7 +314,7 @@ class ArtifactKey:
 
     @classmethod
     def from_parts(cls, kind: str, parts: Mapping[str, str]) -> ArtifactKey:
-        """A key from the canonical JSON of each top-level entry (`canonical_of` strings, numbers as str):
+        """A key from the canonical JSON of each top-level entry (`identity_json` strings, numbers as str):
         the same key as make(kind, {...}) without re-serialising shared parts."""
         assert all(k.isidentifier() for k in parts), parts  # plain keys: no escaping needed
         return cls(kind=kind, config_json="{" + ",".join(f'"{k}":{parts[k]}' for k in sorted(parts)) + "}")
@@ -367,6 +370,39 @@ NEUTRAL_SINCE_SCHEMA_1: dict[tuple[str, ...], Any] = {
     ("scoring", "precision"): "auto",
     ("scoring", "channels_last"): "auto",
     ("scoring", "compile"): False,
+    # issue #14: EL2N/GraNd score runs stop at `epoch` of a `schedule_epochs`-long schedule (default 200);
+    # "epoch" is the schedule that ends at the scored epoch, as before.
+    **{("selector", n, "schedule_epochs"): "epoch" for n in ("el2n", "el2n_easy", "el2n_window", "grand")},
+    # issue #14: D2's graph, difficulty and hard drop as its reference code runs them; before: one-way kNN
+    # messages of EL2N at the run's end, nothing dropped.
+    ("selector", "d2", "graph"): "one_way",
+    ("selector", "d2", "difficulty"): "el2n",
+    ("selector", "d2", "hard_drop"): 0.0,
+    # issue #14: dynamic uncertainty averages K - J windows as its reference; before: all K - J + 1.
+    ("selector", "dyn_unc", "last_window"): True,
+    # issue #14: CCS's AUM from the training mini-batch margins; before: clean eval-mode margins.
+    ("selector", "ccs", "aum_source"): "eval",
+    # issue #14: SRe2L/CDA recover views: RandomResizedCrop + flip (crop: rrc) and a roll of either sign (jitter:
+    # both) before; see docs/methods.md §5.1 for the reference scripts' choices.
+    **{("selector", n, "crop"): "rrc" for n in ("sre2l", "cda")},
+    **{("selector", n, "jitter"): "both" for n in ("sre2l", "cda")},
+    # issue #14: score runs seeded by run index (fixed) or by the trial seed too; fixed is the default.
+    **{
+        ("selector", n, "score_seed"): "fixed"
+        for n in (
+            "el2n",
+            "el2n_easy",
+            "el2n_window",
+            "grand",
+            "forgetting",
+            "forgetting_easy",
+            "ccs",
+            "d2",
+            "dyn_unc",
+            "cad_prune",
+            "ca2d",
+        )
+    },
 }
 
 
@@ -459,12 +495,13 @@ def identity_json(section: str, part: Any) -> str:
     return out
 
 
-def canonical_of(part: Any) -> str:
-    """Canonical JSON of a config part (its to_json), cached on the part: artifact keys reuse it."""
-    cache = part.__dict__.setdefault("_identity_json", {})
-    if "plain" not in cache:
-        cache["plain"] = canonical_json(part.to_json())
-    return cache["plain"]
+def _with_neutral(section: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A named entry's options, with every option added after schema 1 that it lacks set to its neutral value."""
+    opts = dict(entry.get("options") or {})
+    for path, value in NEUTRAL_SINCE_SCHEMA_1.items():
+        if len(path) == 3 and path[0] == section and path[1] == entry["name"]:
+            opts.setdefault(path[2], value)
+    return opts
 
 
 def _reads(key: str, regime: str | None) -> bool:

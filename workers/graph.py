@@ -91,17 +91,27 @@ def features_part_keys(fkey: ArtifactKey) -> list[ArtifactKey]:
     ]
 
 
-def dynamics_key(dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int) -> ArtifactKey:
-    return ArtifactKey.from_parts(
-        "dynamics",
-        {
-            "dataset": identity_json("dataset", dataset),
-            "arch": identity_json("student", arch),
-            "epochs": str(int(epochs)),
-            "run": str(int(run)),
-            "recipe": _score_recipe(recipe),
-        },
-    )
+def dynamics_key(
+    dataset: DatasetConfig, arch: Named, recipe: TrainConfig, epochs: int, run: int, extra: dict | None = None
+) -> ArtifactKey:
+    """A score run. `extra` holds what only some runs have (docs/design.md §4): `schedule_epochs` (the
+    learning-rate schedule spans more epochs than the run lasts), `records` (per-epoch arrays beyond the
+    standard ones), `seed` (a run seeded by the trial seed as well as its index); absent from a plain run's
+    key, so the keys of plain runs stay as they were."""
+    parts = {
+        "dataset": identity_json("dataset", dataset),
+        "arch": identity_json("student", arch),
+        "epochs": str(int(epochs)),
+        "run": str(int(run)),
+        "recipe": _score_recipe(recipe),
+    }
+    for k, v in (extra or {}).items():
+        assert k in _EXTRA and k not in parts, k
+        parts[k] = canonical_json(v)
+    return ArtifactKey.from_parts("dynamics", parts)
+
+
+_EXTRA = ("schedule_epochs", "records", "seed")  # the optional fields of a score run's key
 
 
 @lru_cache(maxsize=1024)
@@ -130,9 +140,15 @@ def reads_dynamics(selector: Named) -> bool:
 
 
 def selector_inputs(trial: TrialConfig) -> list[ArtifactKey]:
-    """The artifacts a trial's selection reads. They do not depend on its regime or seed (score runs are
-    seeded by run index), so one computation serves every trial of a (selector, IPC) pair."""
+    """The artifacts a trial's selection reads. They do not depend on its regime, nor on its seed unless
+    the selector asks for `score_seed: trial` (score runs are otherwise seeded by run index alone), so one
+    computation serves every trial of a (selector, IPC) pair."""
     return list(_selection(trial)["keys"])
+
+
+def seeds_score_runs(selector: Named) -> bool:
+    """Whether the selector's score runs are seeded by the trial seed (`score_seed: trial`, docs/methods.md §4)."""
+    return selector.opts.get("score_seed") == "trial"
 
 
 def subset_key(trial: TrialConfig) -> ArtifactKey:
@@ -160,10 +176,11 @@ def _selection(trial: TrialConfig) -> dict:
     recipe = trial.scoring or trial.train
     parts = (trial.dataset, trial.teacher, trial.student, recipe, trial.budget)
     cache = trial.selector.__dict__.setdefault("_selection", {})
-    key = (trial.ipc, *map(id, parts))
+    seed = trial.seed if seeds_score_runs(trial.selector) else 0  # the seed the inputs depend on
+    key = (trial.ipc, seed, *map(id, parts))
     hit = cache.get(key)
     if hit is None or any(a is not b for a, b in zip(hit["parts"], parts)):
-        keys = _inputs(replace(trial, regime="hl", seed=0, train=recipe))
+        keys = _inputs(replace(trial, regime="hl", seed=seed, train=recipe))
         inputs_json = ",".join('{"config":' + k.config_json + ',"kind":' + json.dumps(k.kind) + "}" for k in keys)
         hit = cache[key] = {"parts": parts, "keys": keys, "inputs_json": f"[{inputs_json}]", "subsets": {}}
     return hit
@@ -181,8 +198,12 @@ def _inputs(trial: TrialConfig) -> tuple[ArtifactKey, ...]:
     if "dynamics" in entry.inputs:
         epochs = entry.score_epochs(trial)
         recipe = trial.scoring or trial.train
+        extra = dict(entry.score_run(trial)) if entry.score_run else {}
+        if seeds_score_runs(trial.selector):
+            extra["seed"] = int(trial.seed)
         keys += [
-            dynamics_key(trial.dataset, trial.student, recipe, epochs, run) for run in range(entry.score_runs(trial))
+            dynamics_key(trial.dataset, trial.student, recipe, epochs, run, extra)
+            for run in range(entry.score_runs(trial))
         ]
     return tuple(keys)
 

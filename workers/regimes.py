@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers import dsa
 from workers.accel import autocast, channels_last, resolve_precision, use_channels_last
 from workers.config import AUGMENTATIONS, TrainConfig
 from workers.seeding import counter_uniform
@@ -107,12 +108,15 @@ _AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator, int], torch.Tensor]
     "crop": lambda x, gen, side: center_crop(_shift(x, gen), side),
     "crop_flip": lambda x, gen, side: center_crop(_shift_flip(x, gen), side),
     "rrc_flip": _rrc_flip,
+    "dsa": lambda x, gen, side: center_crop(
+        dsa.augment(x, gen), side
+    ),  # DSA, one operation per batch (docs/methods.md §2.3)
 }
 assert set(_AUGMENT) == set(AUGMENTATIONS), "workers.config.AUGMENTATIONS and the views here must agree"
 
 
 def augment(x: torch.Tensor, kind: str, gen: torch.Generator, side: int | None = None) -> torch.Tensor:
-    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip, rrc_flip; `side`
+    """The hl/sl training views of a batch (train.augment): none, crop (shift), crop_flip, rrc_flip, dsa; `side`
     is the model's input side (default: the images' own)."""
     return _AUGMENT[kind](x, gen, side or int(x.shape[-1]))
 

@@ -69,10 +69,16 @@ INPUTS = ("features", "teacher", "dynamics")
 class SelectorEntry(Entry):
     inputs: tuple[str, ...] = ()
     score_epochs: Callable[[TrialConfig], int] | None = None  # length of its score runs (inputs has dynamics)
+    # Extra fields of its score runs' artifact keys, only where they differ from a plain run (a learning-rate
+    # schedule longer than the run, records beyond the standard ones): {} keeps the keys of plain runs.
+    score_run: Callable[[TrialConfig], dict[str, Any]] | None = None
     balanced: bool = True  # exactly IPC per class (every selector but `full`)
     distiller: bool = False  # synthesises images instead of choosing real ones
     validate: TrialRule | None = None  # an error before launch
     advise: TrialRule | None = None  # a warning before launch
+    # How the subset depends on the trial seed (workers.catalogue.seed_use): "draw" (a seeded draw picks it),
+    # "ties" (only equal scores are ordered by the seed), "none"; or a function of the selector's options.
+    seed_use: str | Callable[[Named], str] = "draw"
 
     def __post_init__(self) -> None:
         unknown = set(self.inputs) - set(INPUTS)
@@ -80,6 +86,8 @@ class SelectorEntry(Entry):
             raise ValueError(f"selector {self.name}: unknown inputs {sorted(unknown)}; known: {INPUTS}")
         if ("dynamics" in self.inputs) != (self.score_epochs is not None):
             raise ValueError(f"selector {self.name}: score_epochs is required exactly when it reads dynamics")
+        if isinstance(self.seed_use, str) and self.seed_use not in ("draw", "ties", "none"):
+            raise ValueError(f"selector {self.name}: seed_use {self.seed_use!r} is not draw, ties or none")
 
     def score_runs(self, trial: TrialConfig) -> int:
         """Independent score runs averaged (the `runs` option where the method has one)."""

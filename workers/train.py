@@ -287,14 +287,17 @@ def train(
     evals: dict[str, Tensors],
     checkpointer: Checkpointer,
     hooks: TrainHooks | None = None,
+    schedule_steps: int | None = None,
     *,
     dist: Dist | None = None,
 ) -> dict:
     """Train `model` on `train_data` for exactly plan.images_seen images. Returns the history of evaluations.
 
-    With `dist` (a process group of world > 1, workers.distributed) every rank runs this with the same
-    arguments and trains its share of each global batch under DDP; hooks see the rank's own samples, rank
-    0 alone writes checkpoints and every rank resumes from them."""
+    The learning-rate schedule spans the plan's steps, or `schedule_steps` (>= them) for a run stopped early
+    in a longer schedule (EL2N's score runs, docs/methods.md §4.4). With `dist` (a process group of world > 1,
+    workers.distributed) every rank runs this with the same arguments and trains its share of each global
+    batch under DDP; hooks see the rank's own samples, rank 0 alone writes checkpoints and every rank resumes
+    from them."""
     hooks = hooks or TrainHooks()
     device = train_data.device
     precision = resolve_precision(cfg.precision, device)
@@ -304,7 +307,10 @@ def train(
         forward = dist.wrap(forward, device)
         forward = torch.compile(forward) if cfg.compile else forward
     opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, plan.steps))
+    total = plan.steps if schedule_steps is None else schedule_steps
+    if total < plan.steps:
+        raise ValueError(f"schedule_steps = {total} is shorter than the run's {plan.steps} steps")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total))
     n = len(train_data.y)
     epochs = list(epoch_batches(n, cfg.batch_size, plan.images_seen))
     eval_epochs = {

@@ -72,3 +72,57 @@ def test_changing_test_accuracies_never_changes_the_choice():
 def test_no_window_rows_gives_an_empty_table():
     df = rows([])
     assert best_window(df).empty
+
+
+def cad_rows(spec):
+    """Rows of cad_prune variants: (ipc, J, W, shift, seed, minival, test)."""
+    return pd.DataFrame(
+        [
+            {
+                "selector": "cad_prune",
+                "selector_options": json.dumps({"J": j, "W": w, "shift": shift, "score_seed": "fixed"}),
+                "dataset": "digits",
+                "ipc": ipc,
+                "regime": "hl",
+                "seed": seed,
+                "minival_top1": minival,
+                "top1": test,
+            }
+            for ipc, j, w, shift, seed, minival, test in spec
+        ]
+    )
+
+
+def test_cad_best_chooses_j_w_and_shift_on_minival_per_ipc():
+    """CAD-Best (docs/methods.md §4.11): like EL2N-Best, the variant with the best mean minival top-1 per IPC."""
+    from orchestrator.report import cad_best
+
+    df = cad_rows(
+        [
+            (1, "auto", 2, False, 0, 0.40, 0.90),  # best on test, never chosen for it
+            (1, "auto", 2, False, 1, 0.40, 0.90),
+            (1, 2, 2, False, 0, 0.60, 0.50),
+            (1, 2, 2, False, 1, 0.50, 0.50),  # mean minival 0.55: the choice at IPC 1
+            (1, "auto", 2, True, 0, 0.50, 0.70),
+            (1, "auto", 2, True, 1, 0.50, 0.70),
+            (10, "auto", 2, False, 0, 0.70, 0.60),
+            (10, 2, 2, False, 0, 0.70, 0.80),  # tie with auto on minival: numbers before "auto"
+            (10, "auto", 2, True, 0, 0.80, 0.65),  # the choice at IPC 10
+            (10, 2, 4, False, 0, 0.10, 0.99),
+        ]
+    )
+    best = cad_best(df).set_index("ipc")
+    assert (best.loc[1, "J"], best.loc[1, "W"], best.loc[1, "shift"]) == (2, 2, False)
+    assert best.loc[1, "minival_top1"] == 0.55 and best.loc[1, "top1"] == 0.50 and best.loc[1, "candidates"] == 3
+    assert (best.loc[10, "J"], best.loc[10, "shift"], best.loc[10, "top1"]) == ("auto", True, 0.65)
+    assert best.loc[10, "candidates"] == 4 and best.loc[10, "seeds"] == 1
+    tie = cad_best(df[~df["selector_options"].str.contains('"shift": true')]).set_index("ipc")
+    assert tie.loc[10, "J"] == 2  # the tie on minival goes to the integer J
+    assert cad_best(rows([])).empty  # no cad_prune rows
+
+
+def test_best_window_is_best_variant_of_the_offset():
+    from orchestrator.report import best_variant
+
+    df = rows([(5, "hl", o, s, 0.5 + 0.1 * (o == 0.3), 0.5) for o in (0.0, 0.3, 0.6) for s in (0, 1)])
+    pd.testing.assert_frame_equal(best_window(df), best_variant(df, "el2n_window", ("offset",)))

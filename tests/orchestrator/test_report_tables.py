@@ -192,7 +192,7 @@ def test_augmentation_robust_score_needs_a_second_sweep_without_views(known, tmp
     beta = 0.5 * (0.69 - 0.60) + 0.5 * (0.55 - 0.40)
     assert ars.loc[("hl", "herding"), "beta"] == pytest.approx(beta)
     assert ars.loc[("hl", "herding"), "ars"] == pytest.approx((math.exp(beta) - math.exp(-1)) / (math.e - math.exp(-1)))
-    assert ars.loc[("hl", "herding"), "augment"] == "crop_flip"
+    assert ars.loc[("hl", "herding"), "augment"] == "dsa"  # the hl recipe's default views (issue #14)
 
 
 def test_a_trial_shared_by_two_teachers_counts_under_each(tmp_path):

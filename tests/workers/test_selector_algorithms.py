@@ -387,3 +387,67 @@ def test_d2_rng_tie_break_seeded():
     np.testing.assert_array_equal(a, alg.d2(x, s, 4, k=0, rng=_rng(1)))
     assert not np.array_equal(a, alg.d2(x, s, 4, k=0, rng=_rng(2)))
     np.testing.assert_array_equal(alg.d2(x, s, 4, k=0), np.arange(4))
+
+
+def d2_reference(x: np.ndarray, s: np.ndarray, ipc: int, k: int = 5, gamma: float = 0.1) -> list[int]:
+    """adymaharana/d2pruning `core/data/sampling.py`, GraphDensitySampler with graph_mode 'sum' and
+    graph_sampling_mode 'weighted', restated densely: kNN connectivity (self excluded); for every kNN edge (i, j)
+    both connect[i, j] = exp(-d_ij)·max(s_j, 1e-7) and connect[j, i] = exp(-d_ij)·max(s_i, 1e-7); density_i =
+    sum_j connect[i, j] + s_i. Then ipc times: the argmax (first on ties), its neighbours (connect[i] > 0) lose
+    exp(-gamma·d)·density_i, and every pick is set to min(density) - 1."""
+    n = len(x)
+    d = _dense(x)
+    off = d + np.diag(np.full(n, np.inf))
+    connect = np.zeros((n, n))
+    for i in range(n):
+        for j in sorted(range(n), key=lambda j: (off[i, j], j))[:k]:
+            connect[i, j] = math.exp(-d[i, j]) * max(s[j], 1e-7)
+            connect[j, i] = math.exp(-d[i, j]) * max(s[i], 1e-7)
+    density = connect.sum(axis=1) + s
+    batch: list[int] = []
+    while len(batch) < ipc:
+        i = int(np.argmax(density))
+        nbrs = np.flatnonzero(connect[i] > 0)
+        density[nbrs] -= np.exp(-d[i, nbrs] * gamma) * density[i]
+        batch.append(i)
+        density[batch] = density.min() - 1
+    return batch
+
+
+def test_d2_two_way_matches_the_reference_graph_and_one_way_does_not():
+    """docs/methods.md §4.8 (issue #14): the reference's graph joins both ends of every kNN edge and floors the
+    neighbours' scores; scores at and below 0 (forgetting counts, shifted AUM) make the floor matter."""
+    differs = 0
+    for seed in range(6):
+        r = _rng(100 + seed)
+        x = r.standard_normal((60, 4)) * (0.5 + seed / 4)
+        s = np.where(r.random(60) < 0.3, 0.0, r.integers(0, 6, 60).astype(float))  # forgetting-like counts
+        s[:3] = -0.5  # below the floor
+        ref = d2_reference(x, s, 12)
+        got = alg.d2(x, s, 12, k=5, gamma_f=1.0, gamma_r=0.1, two_way=True)
+        np.testing.assert_array_equal(got, np.sort(ref))
+        differs += not np.array_equal(alg.d2(x, s, 12, k=5, gamma_f=1.0, gamma_r=0.1), got)
+    assert differs >= 4
+
+
+def test_two_way_graph_is_the_union_of_both_directions():
+    x = _rng(23).standard_normal((25, 3))
+    idx, dist = alg.knn_graph(x, 3)
+    both, bdist = alg.two_way_graph(idx, dist)
+    d = _dense(x)
+    for i in range(25):
+        ref = sorted(set(idx[i]) | {j for j in range(25) if i in idx[j]})
+        row = both[i][both[i] >= 0]
+        np.testing.assert_array_equal(row, ref)
+        np.testing.assert_allclose(bdist[i][: len(row)], d[i, ref], rtol=1e-12)
+        assert np.isinf(bdist[i][len(row) :]).all()
+    assert (both >= 0).sum() > idx.size  # some edges are one-way in the kNN lists
+
+
+def test_window_orders_ties_by_the_generator():
+    s = np.array([3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0])
+    assert alg.window(s, 2, 0.0, _rng(0))[0] == 0  # the strict maximum leads every order
+    middles = {tuple(alg.window(s, 2, 0.4, _rng(seed))) for seed in range(10)}  # start 2: inside the tie
+    assert len(middles) > 1 and all(set(m) <= {1, 2, 3, 4, 5} for m in middles)
+    np.testing.assert_array_equal(alg.window(s, 2, 0.4, _rng(3)), alg.window(s, 2, 0.4, _rng(3)))
+    np.testing.assert_array_equal(alg.window(s, 2, 0.4), [2, 3])  # without a generator: position order

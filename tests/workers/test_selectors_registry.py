@@ -15,7 +15,8 @@ from orchestrator.grid import expand
 from orchestrator.spec import parse_spec
 from workers import stages
 from workers.artifacts import ArtifactStore
-from workers.catalogue import SELECTORS
+from workers.catalogue import SELECTORS, seed_use
+from workers.config import Named
 from workers.data import load_splits
 from workers.graph import selector_inputs, stage_deps, subset_key
 from workers.selectors import SelectContext
@@ -51,10 +52,13 @@ selectors:
 train: {{batch_size: 128}}
 """
 
-# Methods whose choice depends on the selection seed (forgetting_easy through its many ties at 0 events);
-# kmeans_medoid at IPC 1 is deterministic (one cluster: the class mean).
-STOCHASTIC = {"random", "kcenter", "kmeans_medoid", "ccs", "forgetting_easy"}
-SEED_FREE = {"full", "herding", "el2n_window"}  # no randomness at all: every seed gives the same subset
+# How each subset depends on the trial seed is declared (workers.catalogue.seed_use) and checked here: "draw"
+# methods must choose differently for seeds 0 and 1 (kmeans_medoid at IPC 1 is deterministic: one cluster, the
+# class mean), "none" methods identically; "ties" methods (scores fixed across seeds, equal ones ordered by the
+# seed) may do either. forgetting_easy, with its many ties at 0 events, must differ as well.
+STOCHASTIC = {n for n in SUBSET_NAMES if seed_use(Named.make(n, SELECTORS[n].resolve({}, n)[0])) == "draw"}
+STOCHASTIC |= {"forgetting_easy"}
+SEED_FREE = {n for n in SUBSET_NAMES if seed_use(Named.make(n, SELECTORS[n].resolve({}, n)[0])) == "none"}
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +87,7 @@ def stores(trials, tmp_path_factory):
 @pytest.mark.parametrize("ipc", IPCS)
 @pytest.mark.parametrize("name", SUBSET_NAMES)
 def test_selector_contract(name, ipc, trials, splits, stores, monkeypatch):
+    assert STOCHASTIC >= {"random", "kcenter", "kmeans_medoid", "ccs"} and SEED_FREE == {"full", "herding"}
     store_a, store_b = stores
     n_train = len(splits.train_y)
     seen: list[SelectContext] = []

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.catalogue import sre2l_crop
 from workers.distillers import DistillContext
 from workers.seeding import torch_generator
 
@@ -34,6 +35,8 @@ class RecoverOptions:
     crop_min_scale: float
     curriculum: str = "none"  # SRe2L
     milestone: float = 0.0  # unused without a curriculum
+    crop: str = "rrc"  # rrc: RandomResizedCrop + flip before the roll; none: the roll only; auto: by image size
+    jitter: str = "forward"  # the roll's direction: forward only (0 .. side//7), or both signs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,19 +147,27 @@ def crop_scale_lower(it: int, iterations: int, curriculum: str, min_scale: float
     return min_scale + (1.0 - min_scale) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, min_scale: float) -> torch.Tensor:
-    """RRC back to full size (scale (min_scale, 1), ratio 3/4–4/3) + horizontal flip, one box and one flip for the
-    whole batch, then a circular roll by (dy, dx), each uniform in [−side//7, side//7] (32 px at 224)."""
+def augment(
+    x: torch.Tensor, gen: torch.Generator, min_scale: float, crop: str = "rrc", jitter: str = "both"
+) -> torch.Tensor:
+    """With crop "rrc": RRC back to full size (scale (min_scale, 1), ratio 3/4–4/3) + horizontal flip, one box and
+    one flip for the whole batch (SRe2L's ImageNet recover); with "none" neither (its CIFAR recover). Then a
+    circular roll by (dy, dx), each uniform in [0, side//7] (jitter "forward", as SRe2L's and CDA's code) or in
+    [−side//7, side//7] ("both", as DeepInversion and SRe2L's Tiny-ImageNet script); 32 px at 224, 4 at 32."""
     _, _, height, width = x.shape
-    top, left, h, w = random_resized_box(gen, height, width, (min_scale, 1.0))
-    out = F.interpolate(
-        x[:, :, top : top + h, left : left + w], size=(height, width), mode="bilinear", align_corners=False
-    )
-    if float(torch.rand((), generator=gen)) < 0.5:
-        out = out.flip(3)
-    # (reconstruction) the roll's sign: the paper only bounds its size; we draw both directions (DeepInversion-style).
-    dy = _randint(gen, -(height // 7), height // 7)
-    dx = _randint(gen, -(width // 7), width // 7)
+    out = x
+    if crop == "rrc":
+        top, left, h, w = random_resized_box(gen, height, width, (min_scale, 1.0))
+        out = F.interpolate(
+            x[:, :, top : top + h, left : left + w], size=(height, width), mode="bilinear", align_corners=False
+        )
+        if float(torch.rand((), generator=gen)) < 0.5:
+            out = out.flip(3)
+    elif crop != "none":
+        raise ValueError(f"crop must be rrc or none, got {crop!r}")
+    lo_y, lo_x = (0, 0) if jitter == "forward" else (-(height // 7), -(width // 7))
+    dy = _randint(gen, lo_y, height // 7)
+    dx = _randint(gen, lo_x, width // 7)
     return torch.roll(out, shifts=(dy, dx), dims=(2, 3))
 
 
@@ -199,6 +210,7 @@ def recover_batch(
     margin to the valid range after the step's clamp.
     """
     device = targets.device
+    crop = sre2l_crop(options.crop, image_shape[-1])
     lo, hi = valid_range(mean, std, device)
     x = torch.randn((len(targets), *image_shape), generator=init_gen, dtype=torch.float32).to(device)
     x.requires_grad_(True)
@@ -211,7 +223,7 @@ def recover_batch(
         scale_lo = crop_scale_lower(
             it, options.iterations, options.curriculum, options.crop_min_scale, options.milestone
         )
-        view = augment(x, aug_gen, scale_lo)
+        view = augment(x, aug_gen, scale_lo, crop, options.jitter)
         with hooks:
             hooks.terms = []
             logits = teacher(view)

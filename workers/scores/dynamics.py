@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def forgetting(correct: np.ndarray) -> np.ndarray:
+def forgetting(correct: np.ndarray, never_learned_first: bool = True) -> np.ndarray:
     """Forgetting events (docs/methods.md §4.6): correct->incorrect transitions between consecutive presentations.
 
     correct: (K, N) bool, row k = whether sample i was classified correctly at its k-th presentation. Returns (N,)
-    float64; samples never correct at any presentation get K + 1, above any possible count (at most K // 2).
+    float64; samples never correct at any presentation get K + 1, above any possible count (at most K // 2), unless
+    `never_learned_first` is False: then they keep their count, 0, as CCS's and D2's score files have it
+    (docs/methods.md §4.8).
     """
     correct = np.asarray(correct)
     if correct.ndim != 2:
@@ -22,8 +24,8 @@ def forgetting(correct: np.ndarray) -> np.ndarray:
     correct = correct.astype(bool)
     k = correct.shape[0]
     events = np.count_nonzero(correct[:-1] & ~correct[1:], axis=0).astype(np.float64)
-    never = ~correct.any(axis=0)
-    events[never] = k + 1
+    if never_learned_first:
+        events[~correct.any(axis=0)] = k + 1
     return events
 
 
@@ -58,15 +60,20 @@ def _window_std_at(p: np.ndarray, k: int, j: int) -> np.ndarray:
     return win.std(axis=0, ddof=1)
 
 
-def dyn_unc(prob_true: np.ndarray, J: int = 10) -> np.ndarray:  # noqa: N803
-    """Dynamic Uncertainty (docs/methods.md §4.9): mean of U_k over ALL K-J+1 windows (each window starts at its own k,
-    not at epoch 0 as in the TDDS code). Keeps highest. Does not store U."""
+def dyn_unc(prob_true: np.ndarray, J: int = 10, last_window: bool = True) -> np.ndarray:  # noqa: N803
+    """Dynamic Uncertainty (docs/methods.md §4.9): mean of U_k over the windows k = 0 .. K-J (all K-J+1), or
+    k = 0 .. K-J-1 (K-J windows: the one ending at the final epoch left out, as BAAI-DCAI's get_coreset.py)
+    with last_window=False. Each window starts at its own k (not at epoch 0 as in the TDDS code). Keeps
+    highest. Does not store U."""
     p = _check_traj(prob_true, J)
     kk, n = p.shape
+    windows = kk - J + (1 if last_window else 0)
+    if windows < 1:
+        raise ValueError(f"no window of J={J} epochs before the last of K={kk} (last_window=False needs K > J)")
     total = np.zeros(n, dtype=np.float64)
-    for k in range(kk - J + 1):
+    for k in range(windows):
         total += _window_std_at(p, k, J)
-    return total / (kk - J + 1)
+    return total / windows
 
 
 def cad(prob_true: np.ndarray, J: int, W: int, shift: bool = False) -> np.ndarray:  # noqa: N803

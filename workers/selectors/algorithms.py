@@ -88,18 +88,19 @@ def top_k(scores: np.ndarray, ipc: int, highest: bool, rng: np.random.Generator)
     return _done(_rank(s, highest, rng)[:ipc], ipc)
 
 
-def window(scores: np.ndarray, ipc: int, offset: float) -> np.ndarray:
-    """EL2N window (docs/methods.md §4.10): sort by score descending (hardest first; stable, so equal scores keep
-    position order), take ipc consecutive from start round(offset·(n − ipc)). offset 0 = hardest, 1 = easiest.
+def window(scores: np.ndarray, ipc: int, offset: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """EL2N window (docs/methods.md §4.10): sort by score descending (hardest first), take ipc consecutive from start
+    round(offset·(n − ipc)). offset 0 = hardest, 1 = easiest. Equal scores are ordered by a permutation drawn from
+    rng (the §4 contract), or by position when rng is None.
 
-    round() here rounds half up (the method only says "round"). Deterministic: no rng.
+    round() here rounds half up (the method only says "round").
     """
     s = _scores(scores)
     n = len(s)
     _check_ipc(n, ipc)
     if not 0.0 <= offset <= 1.0:
         raise ValueError(f"offset must be in [0, 1], got {offset}")
-    order = np.argsort(-s, kind="stable")
+    order = np.argsort(-s, kind="stable") if rng is None else _rank(s, True, rng)
     start = min(_round_half_up(offset * (n - ipc)), n - ipc)
     return _done(order[start : start + ipc], ipc)
 
@@ -370,14 +371,51 @@ def knn_graph(feats: np.ndarray, k: int, block_rows: int = 1024) -> tuple[np.nda
     return idx, dist
 
 
-def d2_forward(scores: np.ndarray, idx: np.ndarray, dist: np.ndarray, gamma_f: float = 1.0) -> np.ndarray:
+def two_way_graph(idx: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN graph made undirected (docs/methods.md §4.8): j is a neighbour of i when j is in kNN(i) or i is in
+    kNN(j), as D²'s compute_graph_density writes both connect[i, j] and connect[j, i] for every kNN edge.
+
+    Returns (indices, distances) of shape (n, max degree), each row sorted by neighbour index and padded with
+    index −1 and distance inf (rows differ in degree)."""
+    n, k = idx.shape
+    if k == 0:
+        return idx.copy(), dist.copy()
+    rows = np.repeat(np.arange(n), k)
+    r = np.concatenate([rows, idx.ravel()])
+    c = np.concatenate([idx.ravel(), rows])
+    d = np.concatenate([dist.ravel(), dist.ravel()])
+    order = np.lexsort((c, r))
+    r, c, d = r[order], c[order], d[order]
+    first = np.ones(len(r), dtype=bool)
+    first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])  # an edge listed from both ends is kept once
+    r, c, d = r[first], c[first], d[first]
+    degree = np.bincount(r, minlength=n)
+    slot = np.arange(len(r)) - np.repeat(np.cumsum(degree) - degree, degree)
+    out_idx = np.full((n, int(degree.max())), -1, dtype=np.int64)
+    out_dist = np.full((n, int(degree.max())), np.inf)
+    out_idx[r, slot] = c
+    out_dist[r, slot] = d
+    return out_idx, out_dist
+
+
+D2_FLOOR = 1e-7  # D²'s compute_graph_density: a neighbour contributes exp(−d)·max(s_j, 1e-7)
+
+
+def d2_forward(
+    scores: np.ndarray, idx: np.ndarray, dist: np.ndarray, gamma_f: float = 1.0, floor: float | None = None
+) -> np.ndarray:
     """D² forward message passing ('sum', docs/methods.md §4.8).
 
-    s'_i = s_i + sum_{j in kNN(i)} exp(−gamma_f·d_ij)·s_j."""
+    s'_i = s_i + sum_{j in N(i)} exp(−gamma_f·d_ij)·s_j, with s_j replaced by max(s_j, floor) when a floor is given
+    (the sample's own s_i is not floored). N(i): the row of idx, entries −1 are padding."""
     s = _scores(scores)
     if idx.size == 0:
         return s.copy()
-    return s + (np.exp(-gamma_f * dist) * s[idx]).sum(axis=1)
+    valid = idx >= 0
+    nb = s[np.where(valid, idx, 0)]
+    if floor is not None:
+        nb = np.maximum(nb, floor)
+    return s + np.where(valid, np.exp(-gamma_f * np.where(valid, dist, 0.0)) * nb, 0.0).sum(axis=1)
 
 
 def d2_reverse(
@@ -389,13 +427,13 @@ def d2_reverse(
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """D² greedy reverse message passing (docs/methods.md §4.8): ipc times, i* = argmax s' over unselected, then for
-    j in kNN(i*): s'_j -= exp(−gamma_r·d_{i*j})·s'_{i*}. Returns (positions in pick order, s' after the last pick).
-    Ties in argmax: lowest position, or a permutation from rng when given.
+    j in N(i*) (the row of idx, −1 = padding): s'_j -= exp(−gamma_r·d_{i*j})·s'_{i*}. Returns (positions in pick
+    order, s' after the last pick). Ties in argmax: lowest position, or a permutation from rng when given.
     """
     s = np.array(s_prime, dtype=np.float64)
     n = len(s)
     _check_ipc(n, ipc)
-    w = np.exp(-gamma_r * dist) if idx.size else None
+    w = np.exp(-gamma_r * np.where(idx >= 0, dist, 0.0)) if idx.size else None
     tie = np.arange(n) if rng is None else rng.permutation(n)
     avail = np.ones(n, dtype=bool)
     order = np.empty(ipc, dtype=np.int64)
@@ -405,7 +443,8 @@ def d2_reverse(
         order[t] = i
         avail[i] = False
         if w is not None:
-            s[idx[i]] -= w[i] * s[i]
+            valid = idx[i] >= 0
+            s[idx[i][valid]] -= w[i][valid] * s[i]
     return order, s
 
 
@@ -417,14 +456,20 @@ def d2(
     gamma_f: float = 1.0,
     gamma_r: float = 0.1,
     rng: np.random.Generator | None = None,
+    two_way: bool = False,
 ) -> np.ndarray:
-    """D²-Pruning per class (docs/methods.md §4.8; per-class graph is ddsweep's reconstruction): kNN graph, forward
-    'sum' pass with gamma_f (code: 1.0), greedy reverse pass with gamma_r (README: 0.1). Sorted positions."""
+    """D²-Pruning on one class's candidates (docs/methods.md §4.8): kNN graph, forward 'sum' pass with gamma_f
+    (code: 1.0), greedy reverse pass with gamma_r (README: 0.1). two_way: the graph of D²'s compute_graph_density
+    (both directions of every kNN edge, neighbour scores floored at 1e-7); else each sample's own kNN list, no
+    floor. Sorted positions."""
     x = _feats(feats)
     s = _scores(scores)
     if len(x) != len(s):
         raise ValueError(f"feats has {len(x)} rows but scores has {len(s)}")
     _check_ipc(len(s), ipc)
     idx, dist = knn_graph(x, k)
-    order, _ = d2_reverse(d2_forward(s, idx, dist, gamma_f), idx, dist, ipc, gamma_r, rng)
+    if two_way:
+        idx, dist = two_way_graph(idx, dist)
+    s_prime = d2_forward(s, idx, dist, gamma_f, D2_FLOOR if two_way else None)
+    order, _ = d2_reverse(s_prime, idx, dist, ipc, gamma_r, rng)
     return _done(order, ipc)

@@ -33,9 +33,12 @@ def el2n_easy(ctx: SelectContext) -> np.ndarray:
 
 
 def el2n_window(ctx: SelectContext) -> np.ndarray:
-    """EL2N-Best window (§4.10): per class, sorted hardest first, IPC consecutive from round(offset*(n_c-IPC))."""
+    """EL2N-Best window (§4.10): per class, sorted hardest first (ties in a seeded order), IPC consecutive from
+    round(offset*(n_c-IPC))."""
     s = el2n_scores(ctx)
-    return ctx.per_class(lambda idx, c: alg.window(s[idx], ctx.ipc, ctx.opts["offset"]))
+    return ctx.per_class(
+        lambda idx, c: alg.window(s[idx], ctx.ipc, ctx.opts["offset"], ctx.rng("select.el2n_window", c))
+    )
 
 
 def grand(ctx: SelectContext) -> np.ndarray:
@@ -58,10 +61,18 @@ def forgetting_easy(ctx: SelectContext) -> np.ndarray:
     return _top(ctx, _forgetting_scores(ctx), False, "select.forgetting")
 
 
+def aum_scores(ctx: SelectContext, source: str) -> np.ndarray:
+    """AUM = sum over the K epochs of p_y - max other p (low = hard, §4.7): from the training mini-batch forward of
+    each epoch (`train_batches`, CCS's and D2's code) or from the clean eval-mode pass after each epoch (`eval`)."""
+    if source == "train_batches":
+        return dyn.aum(ctx.dynamics("train_margin")[0])
+    return dyn.aum(ctx.dynamics("margin")[0, 1:, :])
+
+
 def ccs(ctx: SelectContext) -> np.ndarray:
-    """CCS (§4.7) on AUM = sum over epochs 1..K of p_y - max other p (low AUM = hard): drop the hardest
-    `hard_drop`, stratify the rest into `strata` equal-width bins, allocate the budget, sample in bins."""
-    aum = dyn.aum(ctx.dynamics("margin")[0, 1:, :])
+    """CCS (§4.7) on AUM (low AUM = hard): drop the hardest `hard_drop`, stratify the rest into `strata`
+    equal-width bins, allocate the budget, sample in bins."""
+    aum = aum_scores(ctx, ctx.opts["aum_source"])
     o = ctx.opts
     return ctx.per_class(
         lambda idx, c: alg.ccs(
@@ -71,6 +82,7 @@ def ccs(ctx: SelectContext) -> np.ndarray:
 
 
 def dyn_unc(ctx: SelectContext) -> np.ndarray:
-    """Dynamic uncertainty (§4.9): mean over all J-epoch windows of std(p_y); keeps the highest."""
+    """Dynamic uncertainty (§4.9): mean over the J-epoch windows of std(p_y) (K - J of them, or K - J + 1 with
+    `last_window`); keeps the highest."""
     p = ctx.dynamics("prob_true")[0, 1:, :]
-    return _top(ctx, dyn.dyn_unc(p, ctx.opts["J"]), True, "select.dyn_unc")
+    return _top(ctx, dyn.dyn_unc(p, ctx.opts["J"], ctx.opts["last_window"]), True, "select.dyn_unc")
