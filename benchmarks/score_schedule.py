@@ -1,7 +1,7 @@
 """EL2N scored at epoch 20 of a 200-epoch schedule (Paul et al.) vs at the end of a 20-epoch schedule (issue #14).
 
     python benchmarks/make_digits_folder.py /tmp/digits32          # 4,900 train / 1,000 val 32-px images
-    DDSWEEP_DATA_CACHE=/tmp/ddsweep-cache python benchmarks/score_schedule.py /tmp/digits32 [STORAGE]
+    python benchmarks/score_schedule.py /tmp/digits32 [STORAGE]
         [--runs 4] [--epoch 20] [--seeds 0 1] [--ipcs 10 50] [--dataset digits]
 
 Prints (1) the learning rate and training fit at the scored epoch under each schedule, (2) Spearman rank

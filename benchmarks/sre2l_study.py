@@ -4,7 +4,7 @@ students trained on them, for recover variants one change at a time.
     python benchmarks/sre2l_study.py digits [STORAGE] [--ipc 10] [--seeds 0 1]
     python benchmarks/sre2l_study.py digits-resnet [STORAGE]            # a deeper BatchNorm teacher (ResNet-18)
     python benchmarks/make_digits_folder.py /tmp/digits32
-    DDSWEEP_DATA_CACHE=/tmp/ddsweep-cache python benchmarks/sre2l_study.py folder [STORAGE] --root /tmp/digits32
+    python benchmarks/sre2l_study.py folder [STORAGE] --root /tmp/digits32
 
 `digits` uses the teacher and student recipe of sweeps/digits_scalability.yaml (ConvNet-D2 width 32, BatchNorm
 teacher, 10 full-data epochs per trial); `digits-resnet` swaps in a ResNet-18 teacher (20 BatchNorm layers);
