@@ -101,41 +101,58 @@ def _legend(fig, axes) -> None:
     fig.tight_layout()
 
 
-def accuracy_vs_ipc(acc: pd.DataFrame):
-    """Test top-1 against IPC (log scale, the IPCs as ticks): one line per selector, the compute-matched full
-    run dashed; panels = regimes; a row per (student, teacher, budget) the sweep varies."""
-    rowcols = _varying(acc, ("student", "teacher", "budget"))
-    groups = list(acc.groupby(rowcols, sort=True)) if rowcols else [((), acc)]
-    regimes = _regimes(acc)
-    ipcs = sorted(set(acc["ipc"]))
-    colours = _colours(list(dict.fromkeys(acc["selector"])))
+def _regime_panels(df: pd.DataFrame, row_axes: tuple[str, ...]):
+    """A panel per regime (columns) and per value of the `row_axes` the sweep varies (rows): the figure, its
+    axes, and [(ax, that panel's rows, its title)]."""
+    rowcols = _varying(df, row_axes)
+    groups = list(df.groupby(rowcols, sort=True)) if rowcols else [((), df)]
+    regimes = _regimes(df)
     fig, axes = _grid(len(groups), len(regimes))
+    panels = []
     for r, (key, part) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         for c, regime in enumerate(regimes):
-            ax = axes[r][c]
-            sub = part[part["regime"] == regime]
-            for sel, line in sub.groupby("selector", sort=False):
-                line = line.sort_values("ipc")
-                kind = line["kind"].iloc[0] if "kind" in line else "coreset"
-                label = "full (compute-matched)" if kind == "full" else sel
-                err = line["top1_ci95"].fillna(0) if "top1_ci95" in line else line["top1_std"].fillna(0)
-                ax.errorbar(
-                    line["ipc"],
-                    line["top1_mean"],
-                    yerr=err,
-                    capsize=1.5,
-                    elinewidth=0.7,
-                    color=colours[sel],
-                    label=label,
-                    **_style(kind),
-                )
-            _ipc_axis(ax, ipcs)
             title = f"regime {regime}" + (f" | {_row_title(key, rowcols)}" if rowcols else "")
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("images per class")
-            ax.grid(alpha=0.3)
-        axes[r][0].set_ylabel("test top-1 (%)")
+            panels.append((axes[r][c], part[part["regime"] == regime], title))
+    return fig, axes, panels
+
+
+def _selector_lines(ax, sub: pd.DataFrame, value: str, err: pd.Series, colours: dict, ipcs: list[int]) -> None:
+    """One line per selector of `value` against IPC with error bars `err` (the full run dashed)."""
+    for sel, line in sub.groupby("selector", sort=False):
+        line = line.sort_values("ipc")
+        kind = line["kind"].iloc[0] if "kind" in line else "coreset"
+        ax.errorbar(
+            line["ipc"],
+            line[value],
+            yerr=err.loc[line.index].fillna(0),
+            capsize=1.5,
+            elinewidth=0.7,
+            color=colours[sel],
+            label="full (compute-matched)" if kind == "full" else sel,
+            **_style(kind),
+        )
+    _ipc_axis(ax, ipcs)
+    ax.set_xlabel("images per class")
+    ax.grid(alpha=0.3)
+
+
+def _ylabel(axes, text: str) -> None:
+    for row in axes:
+        row[0].set_ylabel(text)
+
+
+def accuracy_vs_ipc(acc: pd.DataFrame):
+    """Test top-1 against IPC (log scale, the IPCs as ticks): one line per selector, the compute-matched full
+    run dashed; panels = regimes; a row per (student, teacher, budget) the sweep varies."""
+    ipcs = sorted(set(acc["ipc"]))
+    colours = _colours(list(dict.fromkeys(acc["selector"])))
+    err = acc["top1_ci95"] if "top1_ci95" in acc else acc["top1_std"]
+    fig, axes, panels = _regime_panels(acc, ("student", "teacher", "budget"))
+    for ax, sub, title in panels:
+        _selector_lines(ax, sub, "top1_mean", err, colours, ipcs)
+        ax.set_title(title, fontsize=9)
+    _ylabel(axes, "test top-1 (%)")
     _limits(axes, acc["top1_mean"], 0.0, 100.0)
     _legend(fig, axes)
     return fig
@@ -202,35 +219,14 @@ def accuracy_vs_budget(acc: pd.DataFrame):
 
 def gap_to_random(gap: pd.DataFrame):
     """selector - random (points, paired by seed) against IPC, with 95% CIs; zero marked; panels = regimes."""
-    rowcols = _varying(gap, ("student", "teacher", "budget"))
-    groups = list(gap.groupby(rowcols, sort=True)) if rowcols else [((), gap)]
-    regimes = _regimes(gap)
     ipcs = sorted(set(gap["ipc"]))
     colours = _colours(list(dict.fromkeys(gap["selector"])))
-    fig, axes = _grid(len(groups), len(regimes))
-    for r, (key, part) in enumerate(groups):
-        key = key if isinstance(key, tuple) else (key,)
-        for c, regime in enumerate(regimes):
-            ax = axes[r][c]
-            ax.axhline(0, color="black", linewidth=1)
-            for sel, line in part[part["regime"] == regime].groupby("selector", sort=False):
-                line = line.sort_values("ipc")
-                kind = line["kind"].iloc[0]
-                ax.errorbar(
-                    line["ipc"],
-                    line["gap_mean"],
-                    yerr=line["gap_ci95"].fillna(0),
-                    capsize=1.5,
-                    elinewidth=0.7,
-                    color=colours[sel],
-                    label="full (compute-matched)" if kind == "full" else sel,
-                    **_style(kind),
-                )
-            _ipc_axis(ax, ipcs)
-            ax.set_title(f"regime {regime}" + (f" | {_row_title(key, rowcols)}" if rowcols else ""), fontsize=9)
-            ax.set_xlabel("images per class")
-            ax.grid(alpha=0.3)
-        axes[r][0].set_ylabel("selector - random (points)")
+    fig, axes, panels = _regime_panels(gap, ("student", "teacher", "budget"))
+    for ax, sub, title in panels:
+        ax.axhline(0, color="black", linewidth=1)
+        _selector_lines(ax, sub, "gap_mean", gap["gap_ci95"], colours, ipcs)
+        ax.set_title(title, fontsize=9)
+    _ylabel(axes, "selector - random (points)")
     _limits(axes, gap["gap_mean"])
     _legend(fig, axes)
     return fig
@@ -268,41 +264,34 @@ def pareto(par: pd.DataFrame):
     """Test top-1 against the data fraction n / N (log) at each compute-matched budget, one line per budget;
     a star where more data stops paying; panels = regimes, a row per (student, teacher)."""
     plt = _plt()
-    rowcols = _varying(par, ("student", "teacher"))
-    groups = list(par.groupby(rowcols, sort=True)) if rowcols else [((), par)]
-    regimes = _regimes(par)
     budgets = sorted(set(zip(par["budget_unit"], par["budget"])), key=lambda b: b[1])
     cmap = plt.get_cmap("plasma")
     colour = {b: cmap(0.85 * i / max(1, len(budgets) - 1)) for i, b in enumerate(budgets)}
-    fig, axes = _grid(len(groups), len(regimes))
-    for r, (key, part) in enumerate(groups):
-        key = key if isinstance(key, tuple) else (key,)
-        for c, regime in enumerate(regimes):
-            ax = axes[r][c]
-            sub = part[part["regime"] == regime]
-            for b in budgets:
-                line = sub[(sub["budget_unit"] == b[0]) & (sub["budget"] == b[1])].sort_values("fraction")
-                if line.empty:
-                    continue
-                name = f"{b[0].replace('_', ' ')} {b[1]:g}"
-                ax.errorbar(
-                    line["fraction"],
-                    line["top1_mean"],
-                    yerr=line["top1_ci95"].fillna(0),
-                    marker="o",
-                    markersize=3.5,
-                    capsize=1.5,
-                    elinewidth=0.7,
-                    color=colour[b],
-                    label=name,
-                )
-                knee = line[line["stops_paying"]]
-                ax.plot(knee["fraction"], knee["top1_mean"], "*", markersize=13, color=colour[b], markeredgecolor="k")
-            ax.set_xscale("log")
-            ax.set_xlabel("data fraction n / N")
-            ax.set_title(f"regime {regime}" + (f" | {_row_title(key, rowcols)}" if rowcols else ""), fontsize=9)
-            ax.grid(alpha=0.3)
-        axes[r][0].set_ylabel("test top-1 (%)")
+    fig, axes, panels = _regime_panels(par, ("student", "teacher"))
+    for ax, sub, title in panels:
+        for b in budgets:
+            line = sub[(sub["budget_unit"] == b[0]) & (sub["budget"] == b[1])].sort_values("fraction")
+            if line.empty:
+                continue
+            name = f"{b[0].replace('_', ' ')} {b[1]:g}"
+            ax.errorbar(
+                line["fraction"],
+                line["top1_mean"],
+                yerr=line["top1_ci95"].fillna(0),
+                marker="o",
+                markersize=3.5,
+                capsize=1.5,
+                elinewidth=0.7,
+                color=colour[b],
+                label=name,
+            )
+            knee = line[line["stops_paying"]]
+            ax.plot(knee["fraction"], knee["top1_mean"], "*", markersize=13, color=colour[b], markeredgecolor="k")
+        ax.set_xscale("log")
+        ax.set_xlabel("data fraction n / N")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    _ylabel(axes, "test top-1 (%)")
     _limits(axes, par["top1_mean"], 0.0, 100.0)
     axes[0][-1].plot([], [], "*", markersize=11, color="white", markeredgecolor="k", label="more data stops paying")
     _legend(fig, axes)

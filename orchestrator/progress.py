@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -22,6 +23,8 @@ from typing import TextIO
 
 from orchestrator.lock import STALE_S
 from orchestrator.results import SweepStore
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0
 RUNNING = "running.json"
@@ -45,6 +48,7 @@ class TrialHeartbeat:
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned = False
 
     def progress(self, fraction: float, epoch: int) -> None:
         """The share of the trial's images seen so far, after `epoch` epochs (written with the next beat)."""
@@ -53,8 +57,12 @@ class TrialHeartbeat:
     def _beat(self) -> None:
         try:
             self.store.st.write_atomic(self.path, json.dumps({**self.state, "updated_at": time.time()}).encode())
-        except OSError:
-            pass  # progress is a courtesy: never fail a trial over it
+        except OSError as err:  # progress is a courtesy: the trial goes on, `status` just won't see it running
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "cannot write the heartbeat %s (%s); ddsweep status will not list this trial", self.path, err
+                )
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):

@@ -8,6 +8,7 @@ lock and the report folder (docs/design.md §6). `load(storage, name)` is the Da
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import pyarrow.parquet as pq
 from workers.config import ID_SCHEMA, Named, TrialConfig
 from workers.naming import selector_label, trial_name
 from workers.storage import Storage, child_uri
+
+log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
     [
@@ -179,8 +182,8 @@ class SweepStore:
             buf = pa.BufferOutputStream()
             pq.write_table(table, buf)
             self.st.write_atomic(cache_path, buf.getvalue().to_pybytes())
-        except OSError:
-            pass  # a read-only store: the cache is only a cache
+        except OSError as err:  # a read-only store: rows are read from their files each time instead
+            log.info("row cache %s not written (%s)", cache_path, err)
         return table.select(columns) if columns else table
 
     def _read_cache(self, path: str, columns: list[str] | None, keep: set[str]) -> pa.Table:
