@@ -1,4 +1,4 @@
-"""Ray driver: plan what is pending, build shared stages as Ray tasks, run trials with Ray Tune."""
+"""Ray driver: plan what is pending, then one Ray Tune run over the shared stages and the trials."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator import console as _console
 from orchestrator import grid
@@ -17,9 +18,10 @@ from orchestrator.console import quiet_ray
 from orchestrator.console import say as _say
 from orchestrator.lock import DriverLock
 from orchestrator.results import SweepStore
-from orchestrator.scheduler import StageBuilds, ready_trials_searcher
+from orchestrator.scheduler import StageBuilds, StageGraph, is_stage, stage_resources, sweep_searcher
 from orchestrator.spec import SweepSpec
 from workers.artifacts import ArtifactStore
+from workers.catalogue import STAGES
 from workers.config import ID_SCHEMA, ArtifactKey, TrialConfig
 from workers.graph import cache_key, shard_keys
 from workers.naming import trial_name
@@ -174,19 +176,33 @@ def _run_locked(spec: SweepSpec, store: SweepStore, address: str | None, checkpo
 
 
 def _trial_resources(pending: list[TrialConfig], res):
-    """Tune's resources per trial: the trial's CPUs and GPUs, except for a `full` trial spread over
-    `stage_workers` DDP ranks, whose Tune slot only waits for its Ray Train group (the ranks hold the CPUs
-    and GPUs; orchestrator/distributed.py)."""
-    from orchestrator.trainable import uses_whole_split
-
-    plain = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
-    if res.stage_workers <= 1:
-        return plain
+    """Tune's resources per item: a trial's CPUs and GPUs; a stage's (scheduler.stage_resources); and a Tune slot
+    that only waits for its Ray Train group for a `full` trial or a data-parallel stage spread over
+    `stage_workers` DDP ranks (the ranks hold the CPUs and GPUs; orchestrator/distributed.py)."""
     from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 
-    spread = {t.trial_id for t in pending if uses_whole_split(t)}
-    waiting, own = resource_dict_to_pg_factory({"cpu": 0.01, "gpu": 0}), resource_dict_to_pg_factory(plain)
-    return lambda config: waiting if config.get("trial_id") in spread else own
+    from orchestrator.trainable import uses_whole_split
+
+    spread = {t.trial_id for t in pending if uses_whole_split(t)} if res.stage_workers > 1 else set()
+    factories: dict[tuple, Any] = {}
+
+    def factory(cpu: float, gpu: float):
+        if (cpu, gpu) not in factories:
+            factories[(cpu, gpu)] = resource_dict_to_pg_factory({"cpu": cpu, "gpu": gpu})
+        return factories[(cpu, gpu)]
+
+    def resources(config: dict):
+        if is_stage(config):
+            kind = config["stage_kind"]
+            if res.stage_workers > 1 and STAGES[kind].data_parallel:
+                return factory(0.01, 0)
+            r = stage_resources(ArtifactKey(kind, config["stage_config"]), res.cpus_per_trial, res.gpus_per_trial)
+            return factory(r["cpu"], r["gpu"])
+        if config.get("trial_id") in spread:
+            return factory(0.01, 0)
+        return factory(res.cpus_per_trial, res.gpus_per_trial)
+
+    return resources
 
 
 def _launch(
@@ -198,9 +214,9 @@ def _launch(
     from orchestrator.trainable import trainable
 
     res = spec.resources
-    stages = StageBuilds(
-        plan.stages_missing, store.artifacts_uri, res.cpus_per_trial, res.gpus_per_trial, res.stage_workers
-    )
+    stages = StageGraph(plan.stages_missing)
+    if plan.stages_missing:
+        _say(f"building {len(plan.stages_missing)} shared stage(s); trials start as soon as theirs are built")
 
     st = store.st
     names = {t.trial_id: trial_name(t) for t in plan.pending}
@@ -219,13 +235,19 @@ def _launch(
         _trial_resources(plan.pending, res),
     )
     progress = _progress_callback(names, len(plan.trials), len(plan.done), stages)
-    searcher = ready_trials_searcher(plan.pending, stages, store, on_failed=progress.stage_failed)
+    searcher = sweep_searcher(
+        plan.pending,
+        stages,
+        store,
+        on_failed=progress.stage_failed,
+        max_concurrent=res.max_concurrent,
+        cpus=res.cpus_per_trial,
+    )
     tuner = tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=len(plan.pending),
-            max_concurrent_trials=res.max_concurrent,
+            num_samples=len(plan.pending) + len(plan.stages_missing),  # the searcher says when it is done
             reuse_actors=True,
             trial_dirname_creator=lambda t: t.config["trial_id"],
         ),
@@ -242,7 +264,7 @@ def _launch(
     errored = {
         r.config["trial_id"]: (f"{type(r.error).__name__}: {r.error}", "".join(traceback.format_exception(r.error)))
         for r in grid_results
-        if r.error is not None and r.config
+        if r.error is not None and r.config and not is_stage(r.config)
     }
     store.mark_failures_final(errored)  # Tune gave up on these
     done = store.done_ids()
@@ -314,10 +336,10 @@ def _with_storage(spec: SweepSpec, storage: str) -> SweepSpec:
     return replace(spec, storage=storage)
 
 
-def _progress_callback(names: dict[str, str], total: int, already: int, stages: StageBuilds):
+def _progress_callback(names: dict[str, str], total: int, already: int, stages: StageGraph):
     """One line per finished or failed trial, with the stages built so far:
     'done 7/24 el2n-hl-ipc10-s0 top1=0.812 (stages 30/53, elapsed 14s)'; in a terminal also one live
-    status line under them (orchestrator.progress.LiveLine)."""
+    status line under them (orchestrator.progress.LiveLine). Stage trials are counted as stages, not trials."""
     from ray.tune import Callback
 
     from orchestrator.progress import LiveLine
@@ -327,28 +349,27 @@ def _progress_callback(names: dict[str, str], total: int, already: int, stages: 
 
     class Progress(Callback):
         def __init__(self) -> None:
-            self.count, self.failed, self.t0, self.polled = already, 0, time.time(), 0.0
+            self.count, self.failed, self.t0 = already, 0, time.time()
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            live.trial_started(trial.config["trial_id"])
+            if not is_stage(trial.config):
+                live.trial_started(trial.config["trial_id"])
 
         def on_step_begin(self, iteration, trials, **info):
-            # Tune asks the searcher only while it has room for a trial: the stage lines are kept current here
-            if time.time() - self.polled > 1.0:
-                self.polled = time.time()
-                stages.poll()
-            building = len(stages.refs) - len(stages.built) - len(stages.failed)
-            live.update(sum(1 for t in trials if t.status == "RUNNING"), building)
+            running = sum(1 for t in trials if t.status == "RUNNING" and not is_stage(t.config))
+            live.update(running, stages.unfinished())
             live.draw(force=False)
 
         def _name(self, trial) -> str:
-            return names.get(trial.config["trial_id"], "?")
+            return names.get(trial.config["trial_id"], trial.config["trial_id"])
 
         def _when(self) -> str:
             built = stages.summary()
             return f"({built + ', ' if built else ''}elapsed {time.time() - self.t0:.0f}s)"
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            if is_stage(trial.config):
+                return
             live.trial_finished(trial.config["trial_id"])
             self.count += 1
             r = trial.last_result or {}
@@ -359,6 +380,8 @@ def _progress_callback(names: dict[str, str], total: int, already: int, stages: 
             _say(f"retrying {self._name(trial)} after an error")
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            if is_stage(trial.config):  # the searcher fails the stage and the trials that need it
+                return
             live.trial_finished(trial.config["trial_id"], ok=False)
             self.failed += 1
             _say(f"FAILED {self._name(trial)} (no retries left; {self.failed} failed so far)")

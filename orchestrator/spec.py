@@ -77,7 +77,13 @@ BUDGET_OPTIONS: dict[str, Option] = {
 RESOURCE_OPTIONS: dict[str, Option] = {
     "gpus_per_trial": Option(0.0, float, "GPUs per trial and per network stage (fractions pack trials)", min=0.0),
     "cpus_per_trial": Option(1.0, float, "CPUs per trial and per stage", min=0.0),
-    "max_concurrent": Option(None, int, "trials running at once at most (null: as many as fit)", min=1, nullable=True),
+    "max_concurrent": Option(
+        None,
+        int,
+        "trials running at once at most, shared stages not counted (null: as many as fit)",
+        min=1,
+        nullable=True,
+    ),
     "max_failures": Option(2, int, "retries of a failed trial before it is recorded as failed", min=0),
     "stage_workers": Option(
         1,

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.progress import TrialHeartbeat
 from orchestrator.results import SweepStore
+from orchestrator.scheduler import build_stage, is_stage
 from workers import __version__
 from workers.catalogue import SELECTORS
 from workers.config import ID_SCHEMA, TrialConfig, canonical_json
@@ -142,6 +143,9 @@ def trainable(
 ) -> None:
     from ray import tune
 
+    if is_stage(config):  # a shared stage, scheduled beside the trials (orchestrator/scheduler.py)
+        tune.report(build_stage(config, SweepStore(storage, sweep).artifacts_uri, data_parallel))
+        return
     row = run_one(
         config["trial_id"],
         trials_json,

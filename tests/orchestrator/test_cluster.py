@@ -85,7 +85,7 @@ def test_losing_a_worker_node_mid_trial_retries_from_its_checkpoint(tmp_path, cl
 
 
 def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path, cli_env):
-    sweep = write_sweep(tmp_path / "s.yaml", name="chaos", ipc=(2, 5, 10), seeds=(0, 1, 2), epochs=120)
+    sweep = write_sweep(tmp_path / "s.yaml", name="chaos", ipc=(2, 5, 10), seeds=(0, 1, 2), epochs=300)
     store = tmp_path / "store"
     rng = random.Random(1234)  # the kill points are random but reproducible
     kills = 0
@@ -120,4 +120,4 @@ def test_repeated_driver_kills_at_random_points_end_with_the_full_grid(tmp_path,
     assert set(df["trial_id"]) == grid and len(df) == len(grid) == 9
     files = [f for f in Path(SweepStore(store, "chaos").results_dir).iterdir() if f.name != results.CACHE]
     assert len(files) == 9 and not any(f.name.startswith(".") for f in files)  # no temporaries left by the kills
-    assert (df["images_seen"] == df["ipc"] * 10 * 120).all()
+    assert (df["images_seen"] == df["ipc"] * 10 * 300).all()
