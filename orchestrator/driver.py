@@ -213,6 +213,9 @@ def _launch(
 
     from orchestrator.trainable import trainable
 
+    # Tune's per-trial result.json / progress.csv / TensorBoard files: nobody reads them (the rows are the record),
+    # and writing them cost the smoke sweep 12% of its wall time on 2 CPUs (docs/ray.md §8)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     res = spec.resources
     stages = StageGraph(plan.stages_missing)
     if plan.stages_missing:

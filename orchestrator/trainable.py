@@ -152,7 +152,9 @@ def trainable(
         storage,
         sweep,
         num_threads,
-        report=lambda r: tune.report({k: v for k, v in r.items() if isinstance(v, (int, float))}),
+        # no intermediate results: a function trainable's tune.report blocks until the driver asks for the next
+        # one, so each evaluation row sent to Tune made the trial wait on the driver's loop (docs/ray.md §8)
+        report=None,
         checkpoint_interval_s=checkpoint_interval_s,
         device_fraction=device_fraction,
         data_parallel=data_parallel,
