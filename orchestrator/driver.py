@@ -244,7 +244,6 @@ def _launch(
         store,
         on_failed=progress.stage_failed,
         max_concurrent=res.max_concurrent,
-        cpus=res.cpus_per_trial,
     )
     tuner = tune.Tuner(
         fn,

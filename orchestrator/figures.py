@@ -137,6 +137,21 @@ def _selector_lines(ax, sub: pd.DataFrame, value: str, err: pd.Series, colours: 
     ax.grid(alpha=0.3)
 
 
+def _top1_line(ax, line: pd.DataFrame, x: str, colour, label: str) -> None:
+    """Mean test top-1 against column `x` with its 95% CI as error bars."""
+    ax.errorbar(
+        line[x],
+        line["top1_mean"],
+        yerr=line["top1_ci95"].fillna(0),
+        marker="o",
+        markersize=3.5,
+        capsize=1.5,
+        elinewidth=0.7,
+        color=colour,
+        label=label,
+    )
+
+
 def _ylabel(axes, text: str) -> None:
     for row in axes:
         row[0].set_ylabel(text)
@@ -185,17 +200,7 @@ def accuracy_vs_budget(acc: pd.DataFrame):
             for ipc in ipcs:
                 line = sub[(sub["selector"] == sel) & (sub["ipc"] == ipc)].sort_values("budget")
                 if not line.empty:
-                    ax.errorbar(
-                        line["budget"],
-                        line["top1_mean"],
-                        yerr=line["top1_ci95"].fillna(0),
-                        marker="o",
-                        markersize=3.5,
-                        capsize=1.5,
-                        elinewidth=0.7,
-                        color=colour[ipc],
-                        label=f"IPC {ipc}",
-                    )
+                    _top1_line(ax, line, "budget", colour[ipc], f"IPC {ipc}")
                 full = sub[(sub["kind"] == "full") & (sub["ipc"] == ipc)].sort_values("budget")
                 if not full.empty and not matched:
                     ax.plot(full["budget"], full["top1_mean"], "--", color=colour[ipc], label=f"full at IPC {ipc}")
@@ -274,17 +279,7 @@ def pareto(par: pd.DataFrame):
             if line.empty:
                 continue
             name = f"{b[0].replace('_', ' ')} {b[1]:g}"
-            ax.errorbar(
-                line["fraction"],
-                line["top1_mean"],
-                yerr=line["top1_ci95"].fillna(0),
-                marker="o",
-                markersize=3.5,
-                capsize=1.5,
-                elinewidth=0.7,
-                color=colour[b],
-                label=name,
-            )
+            _top1_line(ax, line, "fraction", colour[b], name)
             knee = line[line["stops_paying"]]
             ax.plot(knee["fraction"], knee["top1_mean"], "*", markersize=13, color=colour[b], markeredgecolor="k")
         ax.set_xscale("log")

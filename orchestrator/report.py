@@ -266,18 +266,21 @@ def markdown(rep: Report, figures: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _intro(text: str, image: str | None) -> list[str]:
+    """A section's explanation, then its figure when there is one."""
+    return [text, ""] + ([image, ""] if image else [])
+
+
 def _gap_section(gap, fig: bool) -> list[str]:
     out = ["## Gap to random", ""]
     if gap.empty:
         return out + ["(needs `random` in the grid)", ""]
-    out += [
+    out += _intro(
         "Selector minus random in test top-1 points, per regime, IPC and budget, **paired by seed** (the mean of "
         "the per-seed differences ± its 95% CI; `wins` in gap_to_random.csv counts the seeds the selector won). "
         "Real-image selectors, distillers and the compute-matched `full` run are listed apart.",
-        "",
-    ]
-    if fig:
-        out += ["![gap to random](gap_to_random.png)", ""]
+        "![gap to random](gap_to_random.png)" if fig else None,
+    )
     for title, part in _panels(gap):
         for regime, sub in part.groupby("regime", sort=False):
             sub = sub.assign(cell=[_pm(m, c, sign=True) for m, c in zip(sub["gap_mean"], sub["gap_ci95"])])
@@ -293,14 +296,12 @@ def _spread_section(sp, fig: bool) -> list[str]:
     out = ["## Spread over selectors", ""]
     if sp.empty or sp["spread"].isna().all():
         return out + ["(needs two selectors besides `full`)", ""]
-    out += [
+    out += _intro(
         "max - min of the selectors' mean test top-1 (points) per regime, IPC and budget: over every selector "
         "but `full` (all), over the real-image selectors (random and coresets) and over the distillers. A "
         "small spread means the choice of images hardly matters.",
-        "",
-    ]
-    if fig:
-        out += ["![spread](spread.png)", ""]
+        "![spread](spread.png)" if fig else None,
+    )
     for title, part in _panels(sp):
         rows = part.assign(
             cell=[
@@ -329,15 +330,13 @@ def _pareto_section(par, fig: bool, spec: SweepSpec) -> list[str]:
             else "no rows yet"
         )
         return out + [f"(needs a compute-matched budget, full_epochs or steps: {why})", ""]
-    out += [
+    out += _intro(
         "At each budget every IPC sees the same number of images; the x-axis is the data fraction n / N (IPC "
         "x classes / train split; `full` = 1). At each fraction the point is the selector with the best mean "
         "**minival** top-1 (test shown). More data **stops paying** at the smallest fraction beyond which no "
         "larger fraction gains more than 1 point (★, `stops_paying` in pareto.csv).",
-        "",
-    ]
-    if fig:
-        out += ["![pareto](pareto.png)", ""]
+        "![pareto](pareto.png)" if fig else None,
+    )
     for (regime, unit, budget), part in par.groupby(["regime", "budget_unit", "budget"], sort=True):
         for title, sub in _panels(part, ("student", "teacher")):
             rows = sub.assign(

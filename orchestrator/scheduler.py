@@ -52,7 +52,6 @@ class StageGraph:
                 if d in self.missing:
                     self.dependants[d].append(k)
         self.t0 = time.time()
-        self.started: set[ArtifactKey] = set()
         self.built: set[ArtifactKey] = set()
         self.failed: dict[ArtifactKey, tuple[str, str]] = {}  # key -> (message, traceback)
         self._fresh: list[ArtifactKey] = []  # finished since the last drain()
@@ -81,10 +80,6 @@ class StageGraph:
                 + (f", {len(self.failed)} failed" if self.failed else "")
                 + f" ({time.time() - self.t0:.0f}s)"
             )
-
-    def poll(self) -> list[ArtifactKey]:
-        """Take note of stages finished elsewhere (Ray tasks); stages run as Tune trials are reported by Tune."""
-        return []
 
     def drain(self) -> list[ArtifactKey]:
         """The stages finished (built or failed) since the last drain."""
@@ -129,19 +124,17 @@ class StageBuilds(StageGraph):
             self.refs[k] = build_one.options(num_cpus=opts["cpu"], num_gpus=opts["gpu"]).remote(
                 k.kind, k.config_json, artifacts_root, *deps
             )
-        self.started = set(self.keys)
         self._waiting = {ref: k for k, ref in self.refs.items()}
 
-    def poll(self) -> list[ArtifactKey]:
+    def poll(self) -> None:
+        """Take note of every stage that finished (built or failed) since the last call; never blocks."""
         import ray
 
         if not self._waiting:
-            return []
+            return
         ready, _ = ray.wait(list(self._waiting), num_returns=len(self._waiting), timeout=0)
-        finished = []
         for ref in ready:
             key = self._waiting.pop(ref)
-            finished.append(key)
             try:
                 ray.get(ref)
                 self.finish(key)
@@ -155,7 +148,6 @@ class StageBuilds(StageGraph):
                     key,
                     (f"stage {key} failed: {message}", "Traceback of the Ray task (most recent call last):\n" + remote),
                 )
-        return finished
 
     def wait(self, poll_s: float = 0.5) -> None:
         """Block until every stage has finished, built or failed."""
@@ -179,10 +171,11 @@ def is_stage(config: dict) -> bool:
     return "stage_kind" in config
 
 
-def build_stage(config: dict, artifacts_root: str, data_parallel: dict | None = None) -> dict:
+def build_stage(config: dict, artifacts_root: str, data_parallel: dict | None = None, num_threads: int = 1) -> dict:
     """Build the stage a stage trial's `config` names (inside a Tune trial); returns what the trial reports:
     `stage_built` 1, or 0 with the error and its traceback. An error in the builder is not retried (it would
-    fail again); a lost worker is, by Tune (resources.max_failures)."""
+    fail again); a lost worker is, by Tune (resources.max_failures). Torch gets `num_threads` (the trial's),
+    or the CPUs the stage kind declares."""
     key = ArtifactKey(config["stage_kind"], config["stage_config"])
     try:
         dp = data_parallel or {}
@@ -196,7 +189,8 @@ def build_stage(config: dict, artifacts_root: str, data_parallel: dict | None = 
             from workers import stages
             from workers.artifacts import ArtifactStore
 
-            torch.set_num_threads(max(1, int(config.get("stage_cpus", 1))))
+            own = STAGES[key.kind].cpus
+            torch.set_num_threads(num_threads if own is None else max(1, int(own)))
             stages.build(key, ArtifactStore(artifacts_root))
     except Exception as err:
         message = "".join(traceback.format_exception_only(err)).strip().splitlines()[-1]
@@ -214,7 +208,6 @@ def sweep_searcher(
     store: SweepStore,
     on_failed: Callable[[TrialConfig], None] | None = None,
     max_concurrent: int | None = None,
-    cpus: float = 1.0,
 ):
     """The Tune searcher over `pending` trials and the stages in `stages` not started yet (see the module doc).
 
@@ -251,15 +244,14 @@ def sweep_searcher(
             heapq.heappush(ready, (-path[t.trial_id], i, t.trial_id))
 
     def offer(k: ArtifactKey) -> None:
-        """Queue stage `k` once every stage it needs is built (and nobody started it)."""
-        if k in queued or k in stages.started or stages.status(k) != "building":
+        """Queue stage `k` once every stage it needs is built (once: a queued stage stays queued or runs)."""
+        if k in queued or stages.status(k) != "building":
             return
         if all(stages.status(d) == "built" for d in stage_deps(k)):
             queued.add(k)
             heapq.heappush(ready_stages, (-path[k], index[k], k))
 
     def refresh() -> None:
-        stages.poll()
         for key in stages.drain():
             for i in waiting.pop(key, []):
                 file(i)
@@ -287,15 +279,8 @@ def sweep_searcher(
                 return {"trial_id": tid}
             if ready_stages:
                 k = heapq.heappop(ready_stages)[2]
-                stages.started.add(k)
                 handed[trial_id] = k
-                res = stage_resources(k, cpus, 0)
-                return {
-                    "trial_id": stage_trial_id(k),
-                    "stage_kind": k.kind,
-                    "stage_config": k.config_json,
-                    "stage_cpus": res["cpu"],
-                }
+                return {"trial_id": stage_trial_id(k), "stage_kind": k.kind, "stage_config": k.config_json}
             return Searcher.FINISHED if not ready and not waiting else None
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -317,7 +302,6 @@ def sweep_searcher(
                         ),
                     )
                 else:  # stopped before it ran to its end: not built, not failed; offered again
-                    stages.started.discard(item)
                     queued.discard(item)
                     offer(item)
             refresh()

@@ -144,7 +144,7 @@ def trainable(
     from ray import tune
 
     if is_stage(config):  # a shared stage, scheduled beside the trials (orchestrator/scheduler.py)
-        tune.report(build_stage(config, SweepStore(storage, sweep).artifacts_uri, data_parallel))
+        tune.report(build_stage(config, SweepStore(storage, sweep).artifacts_uri, data_parallel, num_threads))
         return
     row = run_one(
         config["trial_id"],

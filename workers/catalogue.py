@@ -47,6 +47,9 @@ DATASETS.declare(
 )
 
 
+_SHARD_SIZE = Option(1024, int, "images per cache shard (one build stage each)", min=1)
+
+
 def _imagefolder_sizes(opts: dict[str, Any]) -> dict[str, Any]:
     """The cache's sizes made explicit in every trial's config: a null crop is image_size, a null resize is its
     crop (workers.config.NEUTRAL_SINCE_SCHEMA_1 leaves these out of trial ids while they hold those values)."""
@@ -87,7 +90,7 @@ DATASETS.declare(
             check=_absolute_file,
         ),
         "skip_bad_files": Option(False, bool, "skip (and count) unreadable images instead of failing"),
-        "shard_size": Option(1024, int, "images per cache shard (one build task each)", min=1),
+        "shard_size": _SHARD_SIZE,
     },
     describe="workers.data.imagefolder:describe",
     needs_root=True,
@@ -121,7 +124,7 @@ DATASETS.declare(
     {
         "image_size": Option(64, int, "side: 64 is native; others resize the shorter side and centre-crop", min=8),
         "minival_per_class": _MINIVAL,
-        "shard_size": Option(1024, int, "images per cache shard (one build task each)", min=1),
+        "shard_size": _SHARD_SIZE,
     },
     describe="workers.data.tinyimagenet:describe",
     needs_root=True,
